@@ -1,0 +1,1 @@
+"""Cluster definitions, placement policy and job submission."""

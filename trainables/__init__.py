@@ -1,0 +1,1 @@
+"""Code that runs inside Ray workers: data, train loops, evaluators."""
