@@ -1,0 +1,155 @@
+"""In-memory image tensors: the one representation every dataset is decoded into.
+
+Images are kept as uint8 `[N, C, H, W]` tensors (decoded once); conversion to float and
+normalisation happen per batch, vectorised, so no per-sample Python or PIL work sits on the
+training hot path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from trainables.errors import DataError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class RawDataset:
+    """What a source hands back: decoded images and labels, before any carving.
+
+    `test_images` is None for datasets that ship no test split (the loader carves one).
+    """
+
+    train_images: torch.Tensor  # uint8 [N, C, H, W]
+    train_labels: torch.Tensor  # int64 [N]
+    test_images: torch.Tensor | None
+    test_labels: torch.Tensor | None
+    classes: tuple[str, ...]
+    origin: str  # where the data was read from, shown to the user
+
+    def __post_init__(self) -> None:
+        _check_pair(self.train_images, self.train_labels, "train")
+        if (self.test_images is None) != (self.test_labels is None):
+            raise ValueError("test images and labels must both be given or both be None")
+        if self.test_images is not None:
+            _check_pair(self.test_images, self.test_labels, "test")
+            if self.test_images.shape[1:] != self.train_images.shape[1:]:
+                raise DataError(
+                    f"{self.origin}: "
+                    f"train images are {tuple(self.train_images.shape[1:])} "
+                    f"but test images are {tuple(self.test_images.shape[1:])}; "
+                    "set data.image_size to resize both to one square size"
+                )
+
+
+def _check_pair(images: torch.Tensor, labels: torch.Tensor, split: str) -> None:
+    if images.dtype != torch.uint8 or images.dim() != 4:
+        raise ValueError(
+            f"{split} images must be uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}"
+        )
+    if labels.dtype != torch.int64 or labels.shape != (images.shape[0],):
+        raise ValueError(
+            f"{split} labels must be int64 [{images.shape[0]}], got {labels.dtype} {tuple(labels.shape)}"
+        )
+
+
+class ImageTensorDataset(torch.utils.data.Dataset):
+    """A map-style dataset over uint8 images that normalises on access.
+
+    `__getitems__` lets a `DataLoader` fetch a whole batch with one indexing operation.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        mean: Sequence[float],
+        std: Sequence[float],
+        indices: torch.Tensor | None = None,
+    ) -> None:
+        _check_pair(images, labels, "dataset")
+        channels = images.shape[1]
+        if len(mean) != channels or len(std) != channels:
+            raise ValueError(f"mean/std need {channels} values, got {len(mean)}/{len(std)}")
+        self.images = images
+        self.labels = labels
+        # indices of these images in the source split they were carved from (for provenance)
+        self.indices = indices if indices is not None else torch.arange(len(labels))
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 `[B, C, H, W]` -> normalised float32."""
+        return (images.float().div_(255.0) - self.mean) / self.std
+
+    def batch(self, index: torch.Tensor | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The normalised images and labels at `index`, as two batched tensors."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        return self.normalize(self.images[index]), self.labels[index]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.batch([i])
+        return x[0], y[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        x, y = self.batch(indices)
+        return list(zip(x.unbind(0), y.unbind(0), strict=True))
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+
+def resize(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
+    """Resize uint8 `[N, C, H, W]` to `size` x `size` (bilinear, antialiased), in chunks."""
+    if images.shape[-2:] == (size, size):
+        return images
+    out = torch.empty((images.shape[0], images.shape[1], size, size), dtype=torch.uint8)
+    for start in range(0, images.shape[0], chunk):
+        part = images[start : start + chunk].float()
+        part = F.interpolate(
+            part, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
+        out[start : start + chunk] = part.round_().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+def convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """Grey -> RGB by repetition, RGB -> grey by ITU-R 601 luma."""
+    have = images.shape[1]
+    if have == channels:
+        return images
+    if have == 1 and channels == 3:
+        return images.expand(-1, 3, -1, -1).contiguous()
+    if have == 3 and channels == 1:
+        weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        return (
+            (images.float() * weights).sum(1, keepdim=True).round_().clamp_(0, 255).to(torch.uint8)
+        )
+    raise ValueError(f"cannot convert {have}-channel images to {channels} channels")
+
+
+def channel_stats(
+    images: torch.Tensor, chunk: int = 8192
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images, in [0, 1] units (float64 accumulation)."""
+    channels = images.shape[1]
+    total = torch.zeros(channels, dtype=torch.float64)
+    total_sq = torch.zeros(channels, dtype=torch.float64)
+    for start in range(0, images.shape[0], chunk):
+        part = images[start : start + chunk].to(torch.float64).div_(255.0)
+        total += part.sum(dim=(0, 2, 3))
+        total_sq += part.square().sum(dim=(0, 2, 3))
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / count
+    std = (total_sq / count - mean.square()).clamp_min(1e-12).sqrt()
+    return tuple(mean.tolist()), tuple(std.tolist())
