@@ -81,15 +81,19 @@ class ImageTensorDataset(torch.utils.data.Dataset):
         self.labels = labels
         # indices of these images in the source split they were carved from (for provenance)
         self.indices = indices if indices is not None else torch.arange(len(labels))
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        # (x / 255 - mean) / std == x * scale + shift: one fused op per batch after the cast
+        std_t = torch.tensor(self.std, dtype=torch.float32).view(1, -1, 1, 1)
+        self._scale = 1.0 / (255.0 * std_t)
+        self._shift = -torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1) / std_t
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 `[B, C, H, W]` -> normalised float32."""
-        return (images.float().div_(255.0) - self.mean) / self.std
+        return torch.addcmul(self._shift, images.float(), self._scale)
 
     def batch(self, index: torch.Tensor | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """The normalised images and labels at `index`, as two batched tensors."""

@@ -1,0 +1,44 @@
+# The two commands a newcomer runs (see README):
+#   make demo   - install, fetch the data, run the quickstart
+#   make test   - install, fetch the data, run the test suite
+# Both create ./.venv on first use and reinstall only when setup.cfg/pyproject.toml change.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+PYTEST_ARGS ?=
+
+.PHONY: demo test install data lint clean
+
+demo: install data
+	$(BIN)/raynas validate configs/quickstart.yaml
+	$(BIN)/raynas data inspect --config configs/quickstart.yaml
+
+test: install data
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# Fashion-MNIST from Debian's dataset-fashion-mnist; elsewhere raynas downloads it on first use
+# (or set RAYNAS_DATA / data.root to a folder holding the four IDX files).
+data:
+	@if [ -f $(FMNIST) ] || [ -n "$$RAYNAS_DATA" ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Fashion-MNIST (apt-get install dataset-fashion-mnist)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	else echo "no apt-get: Fashion-MNIST will be downloaded on first use"; fi
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache runs

@@ -1,0 +1,308 @@
+"""The `raynas` command line.
+
+Errors a user can cause end in `error: ...` lines on stderr and exit code 1; anything else is
+a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from orchestrator import __version__
+from orchestrator.errors import ConfigError, UserInputError
+
+app = typer.Typer(
+    name="raynas",
+    help="Ray-native one-shot neural architecture search: AutoFormer, TAS-LoRA, FLORA, IT-NAS.\n\n"
+    "Start with `raynas validate CONFIG`, then `raynas run CONFIG`.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+)
+data_app = typer.Typer(help="List, inspect and convert datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+class NotAvailableError(UserInputError):
+    """A command whose stage is not part of this version yet."""
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"raynas {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    pass
+
+
+ConfigArg = Annotated[Path, typer.Argument(help="Run config (YAML).", show_default=False)]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        "-s",
+        metavar="KEY=VALUE",
+        help="Override a config value, e.g. `-s search.budget=20`.",
+    ),
+]
+
+
+# ---------------------------------------------------------------------------------- validate
+@app.command()
+def validate(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    show: Annotated[
+        bool, typer.Option("--print", help="Print the resolved config as YAML.")
+    ] = False,
+) -> None:
+    """Check a run config without running anything (exit 0 when valid)."""
+    import yaml
+
+    from orchestrator.config import load_config, unimplemented_family
+
+    cfg = load_config(config, set_)
+    space = f"{cfg.family}/{cfg.space.preset or 'default'}"
+    out.print(
+        f"[green]ok[/green] {config}: method {cfg.method}, space {space}, data {cfg.data.name}, "
+        f"stages {' -> '.join(cfg.stage_names)}, run dir {cfg.run_path}",
+        highlight=False,
+    )
+    note = unimplemented_family(cfg)
+    if note:
+        err.print(f"note: {note}", highlight=False)
+    if show:
+        typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+# ---------------------------------------------------------------------------------- data
+RootOpt = Annotated[
+    str | None, typer.Option(help="Folder, file or s3:// / gs:// URI holding the data.")
+]
+ValSizeOpt = Annotated[
+    float | None, typer.Option(help="Val carve-out: a count (>= 1) or fraction (< 1).")
+]
+TestSizeOpt = Annotated[
+    float | None, typer.Option(help="Test carve-out for datasets without a test split.")
+]
+SeedOpt = Annotated[int, typer.Option(help="Seed of the carve-outs.")]
+ImageSizeOpt = Annotated[int | None, typer.Option(help="Resize to this square size.")]
+ChannelsOpt = Annotated[int | None, typer.Option(help="Convert to 1 (grey) or 3 (RGB) channels.")]
+DownloadOpt = Annotated[
+    bool, typer.Option(help="Allow a download when the data is not found locally.")
+]
+
+
+def _data_config(name: str, **options: object):
+    from pydantic import ValidationError
+
+    from orchestrator.config.errors import format_errors
+    from trainables.data import DataConfig
+
+    values = {k: v for k, v in options.items() if v is not None}
+    try:
+        return DataConfig(name=name, **values)
+    except ValidationError as exc:
+        problems = [f"data.{line}" for line in format_errors(exc, DataConfig)]
+        raise ConfigError("command line", problems) from None
+
+
+@data_app.command("list")
+def data_list() -> None:
+    """List the registered datasets."""
+    from trainables.data import get_source, list_datasets
+
+    table = Table("name", "description", "default val", "test split", box=None)
+    for name in list_datasets():
+        source = get_source(name)
+        table.add_row(
+            name,
+            source.description,
+            f"{source.default_val_size:g}",
+            "own" if source.has_test_split else f"carved ({source.default_test_size:g})",
+        )
+    out.print(table)
+
+
+@data_app.command("inspect")
+def data_inspect(
+    name: Annotated[
+        str | None, typer.Argument(help="Dataset name (see `raynas data list`).")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="Take the data section of this run config.")
+    ] = None,
+    root: RootOpt = None,
+    val_size: ValSizeOpt = None,
+    test_size: TestSizeOpt = None,
+    split_seed: SeedOpt = 0,
+    image_size: ImageSizeOpt = None,
+    channels: ChannelsOpt = None,
+    download: DownloadOpt = True,
+) -> None:
+    """Load a dataset and print its split sizes, image shape, classes and statistics."""
+    import time
+
+    from trainables.data import load_splits
+
+    if config is not None:
+        if name is not None:
+            raise ConfigError("command line", ["give a dataset NAME or --config, not both"])
+        from orchestrator.config import load_config
+
+        data_cfg = load_config(config).data
+    elif name is None:
+        raise ConfigError(
+            "command line", ["give a dataset NAME (see `raynas data list`) or --config"]
+        )
+    else:
+        data_cfg = _data_config(
+            name, root=root, val_size=val_size, test_size=test_size, split_seed=split_seed,
+            image_size=image_size, channels=channels, download=download,
+        )  # fmt: skip
+    start = time.perf_counter()
+    with err.status(f"loading {data_cfg.name} ..."):
+        splits = load_splits(data_cfg)
+    seconds = time.perf_counter() - start
+    table = Table("split", "images", box=None)
+    for split, size in splits.sizes().items():
+        table.add_row(split, str(size))
+    c, h, w = splits.image_shape
+    out.print(
+        f"[bold]{splits.name}[/bold] from {splits.origin} (loaded in {seconds:.1f} s)",
+        highlight=False,
+    )
+    out.print(table)
+    classes = ", ".join(splits.classes[:12]) + (", ..." if splits.num_classes > 12 else "")
+    out.print(f"image shape: {c}x{h}x{w} (CxHxW)", highlight=False)
+    out.print(f"classes: {splits.num_classes} ({classes})", highlight=False)
+    out.print(
+        f"normalisation: mean {[round(m, 4) for m in splits.mean]}, std {[round(s, 4) for s in splits.std]}",
+        highlight=False,
+    )
+
+
+@data_app.command("convert")
+def data_convert(
+    name: Annotated[str, typer.Argument(help="Dataset name (see `raynas data list`).")],
+    output: Annotated[str, typer.Argument(help="Output folder (local path or s3:// / gs:// URI).")],
+    root: RootOpt = None,
+    test_size: TestSizeOpt = None,
+    split_seed: SeedOpt = 0,
+    image_size: ImageSizeOpt = None,
+    channels: ChannelsOpt = None,
+    download: DownloadOpt = True,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+) -> None:
+    """Write a dataset as parquet (train.parquet + test.parquet, raw uint8 pixels).
+
+    Read it back with `data: {name: parquet, root: OUTPUT}`; the val carve-out with the same
+    split seed selects the same images as from the original dataset.
+    """
+    from trainables.data.convert import convert
+
+    data_cfg = _data_config(
+        name, root=root, test_size=test_size, split_seed=split_seed,
+        image_size=image_size, channels=channels, download=download,
+    )  # fmt: skip
+    with err.status(f"converting {name} ..."):
+        rows = convert(data_cfg, output, overwrite=overwrite)
+    out.print(
+        f"wrote {output}: train.parquet ({rows['train']} rows), test.parquet ({rows['test']} rows)"
+    )
+    out.print(f"use it with  data: {{name: parquet, root: {output}}}", highlight=False)
+
+
+# ---------------------------------------------------------------------------------- stages
+def _not_available(stage: str) -> NotAvailableError:
+    return NotAvailableError(
+        f"`raynas {stage}` is not available in raynas {__version__} yet; "
+        "`raynas validate CONFIG` checks a config and `raynas data` prepares data"
+    )
+
+
+@app.command()
+def run(
+    config: Annotated[
+        Path | None, typer.Argument(help="Run config (YAML).", show_default=False)
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue the interrupted run in this directory.")
+    ] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Run the whole pipeline of a config's method (train -> search -> export -> report)."""
+    if config is not None:
+        from orchestrator.config import load_config
+
+        load_config(config, set_)
+    raise _not_available("run")
+
+
+@app.command()
+def train(config: ConfigArg, set_: SetOpt = None) -> None:
+    """Train the weight-sharing supernet (the `supernet` stage) alone."""
+    from orchestrator.config import load_config
+
+    load_config(config, set_)
+    raise _not_available("train")
+
+
+@app.command()
+def search(
+    config: ConfigArg,
+    supernet: Annotated[
+        Path | None, typer.Option(help="Supernet checkpoint or run directory.")
+    ] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Search subnets of a trained supernet (the `search` stage) alone."""
+    from orchestrator.config import load_config
+
+    load_config(config, set_)
+    raise _not_available("search")
+
+
+@app.command()
+def export(run_dir: Annotated[Path, typer.Argument(help="Run directory.")]) -> None:
+    """Measure test accuracy of the Pareto subnets and export them as timm models."""
+    raise _not_available("export")
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="Run directory.")]) -> None:
+    """Write report.md for a run directory."""
+    raise _not_available("report")
+
+
+def main() -> None:
+    try:
+        app()
+    except UserInputError as exc:
+        for line in str(exc).splitlines():
+            err.print(f"error: {line}", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

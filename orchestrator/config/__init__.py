@@ -1,0 +1,21 @@
+"""Run configuration: schema, loading, error messages."""
+
+from orchestrator.config.loader import (
+    apply_overrides,
+    load_config,
+    parse,
+    read_yaml,
+    unimplemented_family,
+)
+from orchestrator.config.schema import METHOD_FAMILY, METHOD_STAGES, RunConfig
+
+__all__ = [
+    "METHOD_FAMILY",
+    "METHOD_STAGES",
+    "RunConfig",
+    "apply_overrides",
+    "load_config",
+    "parse",
+    "read_yaml",
+    "unimplemented_family",
+]

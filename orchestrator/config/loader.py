@@ -1,0 +1,122 @@
+"""Reading a run config: YAML file -> `--set` overrides -> schema -> checks against the registries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from orchestrator.config.errors import format_errors
+from orchestrator.config.schema import RunConfig
+from orchestrator.errors import ConfigError
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(str(path), ["file not found"]) from None
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read: {exc.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(str(path), [f"{where}invalid YAML: {problem}"]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            str(path), [f"the top level must be a mapping of keys, got {type(data).__name__}"]
+        )
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], source: str) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides (value parsed as YAML) to a nested dict, in order."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(
+                source, [f"--set {item!r}: expected KEY=VALUE, e.g. search.budget=20"]
+            )
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            raise ConfigError(source, [f"--set {item!r}: the value is not valid YAML"]) from None
+        node = data
+        parts = key.strip().split(".")
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                where = ".".join(parts[: depth + 1])
+                raise ConfigError(
+                    source, [f"--set {item!r}: {where} holds {child!r}, not a mapping"]
+                )
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def parse(data: dict[str, Any], source: str) -> RunConfig:
+    try:
+        config = RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, format_errors(exc, RunConfig)) from None
+    problems = check_registries(config)
+    if problems:
+        raise ConfigError(source, problems)
+    return config
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """The validated config in `path`, with `overrides` applied; ConfigError lists every problem."""
+    data = apply_overrides(read_yaml(path), overrides or [], str(path))
+    return parse(data, str(path))
+
+
+def check_registries(config: RunConfig) -> list[str]:
+    """Checks that need the registries: dataset name, space family, preset and overrides."""
+    from trainables.data import list_datasets
+
+    problems = []
+    if config.data.name not in list_datasets():
+        problems.append(
+            f"data.name: got {config.data.name!r}; allowed: {', '.join(list_datasets())}"
+        )
+    problems.extend(check_space(config))
+    return problems
+
+
+def check_space(config: RunConfig) -> list[str]:
+    import search_spaces
+
+    family = config.family
+    if family not in search_spaces.list_families():
+        # a family of a method whose search space is not built yet: the schema is still checked
+        return []
+    presets = search_spaces.list_presets(family)
+    if config.space.preset is not None and config.space.preset not in presets:
+        return [f"space.preset: got {config.space.preset!r}; allowed: {', '.join(presets)}"]
+    try:
+        search_spaces.build_space(family, config.space.preset, dict(config.space.overrides))
+    except ValueError as exc:
+        return [f"space: {exc}"]
+    return []
+
+
+def unimplemented_family(config: RunConfig) -> str | None:
+    """A note when the config's family is not available in this version (None when it is)."""
+    import search_spaces
+
+    if config.family in search_spaces.list_families():
+        return None
+    return (
+        f"search-space family {config.family!r} (method {config.method}) is not available in this "
+        f"version; the config is valid but cannot run yet"
+    )

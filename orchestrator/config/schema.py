@@ -1,0 +1,311 @@
+"""The run config: one YAML file describes a whole run.
+
+Every model forbids unknown keys, so a typo is an error naming the key, never a silently
+ignored setting. Defaults follow the papers (AutoFormer, TAS-LoRA, FLORA, IT-NAS) where they
+say something, and are sized for a laptop where they do not.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from trainables.data.config import DataConfig
+
+Method = Literal["autoformer", "tas-lora", "flora", "it-nas"]
+StageName = Literal[
+    "pretrain", "supernet", "mole", "filter", "search", "select", "export", "report"
+]
+Objective = Literal["flops", "params", "latency"]
+
+#: The search-space family each method searches, and the stages it runs by default, in order.
+METHOD_FAMILY: dict[str, str] = {
+    "autoformer": "vit",
+    "tas-lora": "vit",
+    "flora": "lowrank",
+    "it-nas": "cell",
+}
+METHOD_STAGES: dict[str, tuple[str, ...]] = {
+    "autoformer": ("supernet", "search", "export", "report"),
+    "tas-lora": ("supernet", "mole", "search", "export", "report"),
+    "flora": ("pretrain", "filter", "supernet", "search", "export", "report"),
+    "it-nas": ("supernet", "select", "export", "report"),
+}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Resources(Strict):
+    """Where a stage's workers run. Maps onto Ray's ScalingConfig / trial resources."""
+
+    workers: int = Field(
+        1, ge=1, description="parallel workers (data-parallel ranks or concurrent trials)"
+    )
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(
+        0.0, ge=0, description="fractions pack several workers on one GPU"
+    )
+    accelerator_type: str | None = Field(
+        None, description="Ray accelerator type, e.g. A100, H100, L4"
+    )
+    custom: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources per worker"
+    )
+
+    @field_validator("custom")
+    @classmethod
+    def _positive(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = {k: v for k, v in value.items() if v <= 0}
+        if bad:
+            raise ValueError(f"custom resource amounts must be > 0, got {bad}")
+        return value
+
+
+class SpaceConfig(Strict):
+    family: str | None = Field(None, description="search-space family; defaults to the method's")
+    preset: str | None = Field(
+        None, description="a preset of the family, e.g. vit-28, autoformer-tiny"
+    )
+    overrides: dict[str, Any] = Field(default_factory=dict, description="preset fields to override")
+
+
+class SupernetConfig(Strict):
+    """One-shot supernet training (AutoFormer recipe)."""
+
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(128, ge=1, description="global batch, split across workers")
+    lr: float | None = Field(None, gt=0, description="null: 5e-4 x batch_size / 512")
+    min_lr: float = Field(1e-5, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0)
+    weight_decay: float = Field(0.05, ge=0)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    drop_path: float = Field(0.1, ge=0, lt=1)
+    clip_grad: float | None = Field(5.0, gt=0)
+    sampling: Literal["uniform", "sandwich"] = "uniform"
+    eval_subnets: int = Field(3, ge=0, description="fixed random subnets evaluated each epoch")
+    checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 on GPU, fp32 on CPU"
+    )
+    max_failures: int = Field(2, ge=-1, description="worker-failure restarts (-1: unlimited)")
+    resources: Resources = Field(default_factory=lambda: Resources(workers=2))
+
+
+class MoleConfig(Strict):
+    """TAS-LoRA: Mixture-of-LoRA-Experts with an architecture router."""
+
+    experts: int = Field(4, ge=1)
+    rank: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0)
+    targets: list[Literal["qkv", "proj", "fc1", "fc2"]] = Field(
+        default_factory=lambda: ["qkv", "proj", "fc1", "fc2"]
+    )
+    router_hidden: int = Field(64, ge=1)
+    router_per_layer_type: bool = False
+    group_init: bool = Field(True, description="group-wise router initialisation")
+    group_init_steps: int = Field(200, ge=0)
+    freeze_supernet: bool = True
+    epochs: int = Field(2, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    resources: Resources = Field(default_factory=lambda: Resources(workers=2))
+
+    @field_validator("targets")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError(f"targets must be a non-empty list without repeats, got {value}")
+        return value
+
+
+class PretrainConfig(Strict):
+    """FLORA: the dense model the low-rank supernet is decomposed from."""
+
+    checkpoint: str | None = Field(
+        None, description="timm-compatible state dict file; null trains one"
+    )
+    model: str | None = Field(None, description="timm model name (hub download when reachable)")
+    epochs: int = Field(5, ge=1)
+    resources: Resources = Field(default_factory=Resources)
+
+
+class FilterConfig(Strict):
+    """FLORA candidate filtering with one local supernet per block."""
+
+    rank_ratios: list[float] = Field(
+        default_factory=lambda: [0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0]
+    )
+    keep_fraction: float = Field(0.3, gt=0, le=1)
+    steps_per_block: int = Field(200, ge=1)
+    resources: Resources = Field(default_factory=Resources)
+
+    @field_validator("rank_ratios")
+    @classmethod
+    def _ratios(cls, value: list[float]) -> list[float]:
+        if not value or any(not 0 < r <= 1 for r in value):
+            raise ValueError(f"rank_ratios must be non-empty and each in (0, 1], got {value}")
+        return sorted(set(value))
+
+
+class Range(Strict):
+    min: float | None = Field(None, ge=0)
+    max: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min={self.min:g} is greater than max={self.max:g}")
+        return self
+
+
+class Constraints(Strict):
+    params: Range | None = Field(None, description="parameter-count range")
+    flops: Range | None = Field(None, description="FLOPs (MACs) range")
+
+
+class EvolutionConfig(Strict):
+    """AutoFormer's evolutionary search (its defaults)."""
+
+    population: int = Field(50, ge=2)
+    parents: int = Field(10, ge=1)
+    mutations: int = Field(25, ge=0)
+    crossovers: int = Field(25, ge=0)
+    mutation_prob: float = Field(0.2, ge=0, le=1)
+    resample_prob: float = Field(0.4, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _sizes(self) -> EvolutionConfig:
+        if self.parents > self.population:
+            raise ValueError(f"parents={self.parents} exceeds population={self.population}")
+        return self
+
+
+class SearchConfig(Strict):
+    strategy: Literal["nsga2", "evolution", "tpe", "random"] = "nsga2"
+    objectives: list[Objective] = Field(
+        default_factory=lambda: ["flops"], description="costs minimised beside val top-1 (1 to 3)"
+    )
+    budget: int = Field(100, ge=1, description="evaluated candidates")
+    constraints: Constraints = Field(default_factory=Constraints)
+    evolution: EvolutionConfig = Field(default_factory=EvolutionConfig)
+    storage: str | None = Field(None, description="Optuna storage URL; null: sqlite <run>/study.db")
+    study_name: str | None = None
+    eval_batch_size: int = Field(512, ge=1)
+    latency_batch_size: int = Field(1, ge=1)
+    resources: Resources = Field(default_factory=lambda: Resources(workers=2))
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, value: list[str]) -> list[str]:
+        if not 1 <= len(value) <= 3 or len(set(value)) != len(value):
+            raise ValueError(
+                f"choose 1 to 3 distinct objectives of flops, params, latency; got {value}"
+            )
+        return value
+
+
+class SelectConfig(Strict):
+    """IT-NAS: operation selection from indicator-token importances."""
+
+    top_edges_per_node: int = Field(2, ge=1)
+
+
+class ExportConfig(Strict):
+    max_models: int = Field(10, ge=1, description="at most this many Pareto subnets are exported")
+    log_models: bool = Field(True, description="log exported models with mlflow.pytorch.log_model")
+
+
+class TrackingConfig(Strict):
+    uri: str | None = Field(
+        None, description="MLflow tracking URI; null: sqlite in the run directory"
+    )
+    experiment: str = Field("raynas", min_length=1)
+
+    @field_validator("uri")
+    @classmethod
+    def _scheme(cls, value: str | None) -> str | None:
+        allowed = (
+            "http://",
+            "https://",
+            "sqlite:///",
+            "file://",
+            "postgresql://",
+            "mysql://",
+            "databricks",
+        )
+        if value is not None and not value.startswith(allowed):
+            raise ValueError(f"uri={value!r} must start with one of {', '.join(allowed)}")
+        return value
+
+
+class RayConfig(Strict):
+    address: str | None = Field(
+        None, description="null: $RAY_ADDRESS if set, else a local Ray; 'auto' or ray://host:port"
+    )
+    namespace: str = "raynas"
+
+
+class RunConfig(Strict):
+    name: str = Field(..., description="names the run directory, MLflow run and Optuna study")
+    method: Method
+    seed: int = Field(0, ge=0)
+    run_dir: str | None = Field(
+        None, description="local path or s3:// / gs:// URI; null: runs/<name>"
+    )
+    stages: list[StageName] | None = Field(None, description="null: the method's default stages")
+    data: DataConfig
+    space: SpaceConfig = Field(default_factory=SpaceConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    supernet: SupernetConfig = Field(default_factory=SupernetConfig)
+    mole: MoleConfig = Field(default_factory=MoleConfig)
+    filter: FilterConfig = Field(default_factory=FilterConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    select: SelectConfig = Field(default_factory=SelectConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+            raise ValueError(
+                "allowed: letters, digits, '.', '_' and '-', starting with a letter or digit"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _method_consistency(self) -> RunConfig:
+        family = METHOD_FAMILY[self.method]
+        if self.space.family is not None and self.space.family != family:
+            raise ValueError(
+                f"space.family={self.space.family!r} does not fit method {self.method!r}; allowed: {family!r}"
+            )
+        if self.stages is not None:
+            allowed = METHOD_STAGES[self.method]
+            unknown = [s for s in self.stages if s not in allowed]
+            if unknown:
+                raise ValueError(
+                    f"stages {unknown} are not part of method {self.method!r}; allowed: {', '.join(allowed)}"
+                )
+            order = [allowed.index(s) for s in self.stages]
+            if order != sorted(set(order)):
+                raise ValueError(
+                    f"stages {self.stages} must be distinct and in pipeline order: {', '.join(allowed)}"
+                )
+        return self
+
+    @property
+    def family(self) -> str:
+        return self.space.family or METHOD_FAMILY[self.method]
+
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        return tuple(self.stages) if self.stages is not None else METHOD_STAGES[self.method]
+
+    @property
+    def run_path(self) -> str:
+        return self.run_dir or f"runs/{self.name}"

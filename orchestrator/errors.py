@@ -1,0 +1,15 @@
+"""Errors a user can cause in the orchestrator. The CLI prints them as `error: ...` lines."""
+
+from trainables.errors import DataError, UserInputError
+
+
+class ConfigError(UserInputError):
+    """A config file is unreadable or invalid; `problems` holds one line per problem."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__("\n".join(f"{source}: {p}" for p in problems))
+
+
+__all__ = ["ConfigError", "DataError", "UserInputError"]
