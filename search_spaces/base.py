@@ -1,0 +1,249 @@
+"""The two contracts every search-space family implements (DESIGN.md section 2).
+
+A family is a pair:
+
+* a :class:`SearchSpace`: plain Python that the orchestrator and the Optuna samplers use to
+  sample, mutate, recombine, encode, validate and price architectures without touching torch
+  modules, and
+* a :class:`Supernet`: the weight-sharing ``nn.Module`` that runs any architecture of the space
+  (``forward(x, arch)``) and hands back a standalone copy of one (``extract(arch)``).
+
+Architectures ("archs") are frozen dataclasses whose fields are ints, floats, strings or
+(nested) tuples of those. That makes them hashable (usable as cache keys), comparable, and
+JSON-serialisable with the helpers below, which every family shares.
+
+Randomness is always passed in as a :class:`random.Random`. Nothing here touches the global
+``random`` state, so the orchestrator can derive one generator per (seed, epoch, step) and every
+Ray worker samples the same subnet (DESIGN.md section 3).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import hashlib
+import importlib
+import json
+import random
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from torch import nn
+
+Arch = Any
+"""An architecture: an instance of the family's frozen dataclass (``SearchSpace.arch_type``)."""
+
+Encoded = dict[str, int | float | str]
+"""The flat, fixed-key form of an arch that Optuna samplers and the archive columns see."""
+
+
+# --------------------------------------------------------------------------------------------
+# Arch <-> JSON, shared by every family
+# --------------------------------------------------------------------------------------------
+
+
+def arch_to_dict(arch: Arch) -> dict[str, Any]:
+    """Plain dict of an arch's fields (tuples become lists), ready for ``json.dumps``."""
+    if not dataclasses.is_dataclass(arch) or isinstance(arch, type):
+        raise ValueError(f"arch must be a dataclass instance, got {type(arch).__name__}")
+    return {f.name: _to_plain(getattr(arch, f.name)) for f in dataclasses.fields(arch)}
+
+
+def arch_to_json(arch: Arch) -> str:
+    """Canonical JSON of an arch: sorted keys, no whitespace, so equal archs give equal text."""
+    return json.dumps(arch_to_dict(arch), sort_keys=True, separators=(",", ":"))
+
+
+def arch_id(arch: Arch) -> str:
+    """Stable 12-hex-digit id of an arch: the SHA-1 of its canonical JSON.
+
+    Stable across processes and Python versions (no ``hash()`` randomisation), so it can name
+    export folders and join archive rows across runs. It identifies an arch within one search
+    space; two spaces whose archs have identical fields give identical ids.
+    """
+    return hashlib.sha1(arch_to_json(arch).encode("utf-8")).hexdigest()[:12]
+
+
+def arch_from_dict(arch_type: type, data: Mapping[str, Any]) -> Arch:
+    """Build ``arch_type`` from a plain mapping (lists become tuples); names unknown keys."""
+    names = [f.name for f in dataclasses.fields(arch_type)]
+    unknown = sorted(set(data) - set(names))
+    missing = sorted(set(names) - set(data))
+    if unknown:
+        raise ValueError(f"unknown arch field(s) {unknown}; allowed: {names}")
+    if missing:
+        raise ValueError(f"missing arch field(s) {missing}; required: {names}")
+    return arch_type(**{k: _to_tuple(v) for k, v in data.items()})
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def _to_tuple(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return tuple(_to_tuple(v) for v in value)
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Rebuilding an exported model from its spec
+# --------------------------------------------------------------------------------------------
+
+
+def build_from_spec(spec: Mapping[str, Any]) -> nn.Module:
+    """Rebuild an (untrained) standalone model from ``SearchSpace.export_spec(arch)``.
+
+    The spec is ``{"builder": "package.module:function", "kwargs": {...}}``, plain JSON, so an
+    export folder (``model.safetensors`` + ``arch.json`` + the spec) can be loaded again without
+    knowing which family produced it: ``build_from_spec(spec).load_state_dict(weights)``.
+    """
+    try:
+        module_name, func_name = spec["builder"].split(":")
+        kwargs = dict(spec["kwargs"])
+    except (KeyError, ValueError, AttributeError, TypeError) as exc:
+        raise ValueError(
+            "export spec must be {'builder': 'module:function', 'kwargs': {...}}"
+        ) from exc
+    if not module_name.startswith("search_spaces."):
+        raise ValueError(f"builder {spec['builder']!r} is not inside the search_spaces package")
+    builder = getattr(importlib.import_module(module_name), func_name)
+    return builder(**kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# The contracts
+# --------------------------------------------------------------------------------------------
+
+
+class Supernet(nn.Module, metaclass=abc.ABCMeta):
+    """A weight-sharing network that runs any arch of its search space.
+
+    The architecture is an argument of ``forward`` rather than module state, so one supernet can
+    serve concurrent evaluations, and a training step's arch is visible in the code that chose it.
+    """
+
+    @abc.abstractmethod
+    def forward(self, x: Any, arch: Arch) -> Any:
+        """Run ``arch`` on ``x`` with the shared weights."""
+
+    @abc.abstractmethod
+    def extract(self, arch: Arch) -> nn.Module:
+        """A standalone model with copies of ``arch``'s weights, equal in output to
+        ``self(x, arch)`` (eval mode). It shares no storage with the supernet."""
+
+
+class SearchSpace(abc.ABC):
+    """One family's space of architectures; plain Python, no Ray/MLflow/Optuna at import.
+
+    Subclasses set ``family`` and ``arch_type`` and keep their whole configuration in one frozen
+    dataclass at ``self.config`` (a preset, possibly with overrides; see ``registry``).
+    """
+
+    family: ClassVar[str]
+    arch_type: ClassVar[type]
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config!r})"
+
+    # ---- shape of the data the supernet eats --------------------------------------------------
+    @property
+    @abc.abstractmethod
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input sample without the batch dimension, e.g. ``(1, 28, 28)``."""
+
+    @property
+    @abc.abstractmethod
+    def num_classes(self) -> int:
+        """Number of output logits."""
+
+    # ---- sampling and evolution ---------------------------------------------------------------
+    @abc.abstractmethod
+    def sample(self, rng: random.Random) -> Arch:
+        """Draw an arch with the family's sampling rule, using only ``rng``."""
+
+    @abc.abstractmethod
+    def mutate(self, arch: Arch, rng: random.Random) -> Arch:
+        """A valid arch derived from ``arch`` by the family's mutation operator."""
+
+    @abc.abstractmethod
+    def crossover(self, a: Arch, b: Arch, rng: random.Random) -> Arch:
+        """A valid arch recombined from parents ``a`` and ``b``."""
+
+    @abc.abstractmethod
+    def smallest(self) -> Arch:
+        """The arch with every choice at its minimum."""
+
+    @abc.abstractmethod
+    def largest(self) -> Arch:
+        """The arch with every choice at its maximum."""
+
+    # ---- flat encoding for Optuna and the archive ---------------------------------------------
+    @abc.abstractmethod
+    def encode(self, arch: Arch) -> Encoded:
+        """Flat dict with the SAME keys for every arch (per-layer choices padded to the maximum
+        depth), so Optuna samplers see a static space. ``decode(encode(a)) == a``."""
+
+    @abc.abstractmethod
+    def decode(self, flat: Mapping[str, Any]) -> Arch:
+        """Inverse of ``encode``; raises ``ValueError`` on missing/unknown keys or bad values."""
+
+    @abc.abstractmethod
+    def distributions(self) -> dict[str, Any]:
+        """``optuna.distributions.BaseDistribution`` for each key of ``encode``.
+
+        The only place a family may import optuna, and only inside this method.
+        """
+
+    # ---- checking and pricing -----------------------------------------------------------------
+    @abc.abstractmethod
+    def validate(self, arch: Arch) -> None:
+        """Raise ``ValueError`` naming the offending field and the allowed values."""
+
+    @abc.abstractmethod
+    def cost(self, arch: Arch) -> dict[str, int]:
+        """Analytic ``{"params": int, "flops": int}`` of the extracted model for one sample.
+
+        ``params`` equals the extracted model's parameter count; ``flops`` counts
+        multiply-accumulates (MACs) of matmuls and convolutions, i.e. half of what
+        ``torch.utils.flop_counter.FlopCounterMode`` reports. Fast: called thousands of times.
+        """
+
+    # ---- modules ------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def build_supernet(self) -> Supernet:
+        """A freshly initialised supernet covering every arch of this space."""
+
+    @abc.abstractmethod
+    def export_spec(self, arch: Arch) -> dict[str, Any]:
+        """JSON-serialisable ``{"builder": "module:function", "kwargs": {...}}`` that rebuilds the
+        architecture of ``supernet.extract(arch)`` (same parameter names and shapes), used by
+        :func:`build_from_spec` when loading an export."""
+
+    # ---- identity and serialisation (shared) --------------------------------------------------
+    def arch_id(self, arch: Arch) -> str:
+        """Stable 12-hex-digit id of ``arch`` (see :func:`arch_id`)."""
+        self.validate(arch)
+        return arch_id(arch)
+
+    def to_json(self, arch: Arch) -> str:
+        """Canonical JSON of a valid ``arch``."""
+        self.validate(arch)
+        return arch_to_json(arch)
+
+    def from_json(self, text: str) -> Arch:
+        """Parse and validate an arch written by :meth:`to_json`."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"arch JSON does not parse: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ValueError(f"arch JSON must be an object, got {type(data).__name__}")
+        arch = arch_from_dict(self.arch_type, data)
+        self.validate(arch)
+        return arch

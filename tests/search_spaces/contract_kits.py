@@ -1,0 +1,62 @@
+"""Family-specific knowledge the shared contract needs, one :class:`ContractKit` per family.
+
+A new family adds its kit here; ``test_search_space_contract.py`` fails for a registered family
+without one, so no family can skip the contract by accident.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from search_space_contract import ContractKit, SupernetBudget
+
+from search_spaces.vit import ViTArch, ViTSpace
+
+
+def vit_bad_archs(space: ViTSpace) -> list[tuple[Any, str]]:
+    """One invalid arch per kind of mistake, with the field its error must name."""
+    c = space.config
+    good = space.largest()
+    d = good.depth
+    not_an_embed = max(c.embed_dims) + 1
+    not_a_depth = max(c.depths) + 1
+    return [
+        (ViTArch(not_an_embed, d, good.num_heads, good.mlp_ratio), "embed_dim"),
+        (ViTArch(float(good.embed_dim), d, good.num_heads, good.mlp_ratio), "embed_dim"),
+        (
+            ViTArch(
+                good.embed_dim,
+                not_a_depth,
+                (c.num_heads[0],) * not_a_depth,
+                (c.mlp_ratios[0],) * not_a_depth,
+            ),
+            "depth",
+        ),
+        (ViTArch(good.embed_dim, d, good.num_heads[:-1], good.mlp_ratio), "num_heads"),
+        (ViTArch(good.embed_dim, d, good.num_heads, good.mlp_ratio + (1.0,)), "mlp_ratio"),
+        (
+            ViTArch(good.embed_dim, d, (c.num_heads[0], max(c.num_heads) + 1) + good.num_heads[2:],
+                    good.mlp_ratio),
+            "num_heads[1]",
+        ),
+        (ViTArch(good.embed_dim, d, (True,) + good.num_heads[1:], good.mlp_ratio), "num_heads[0]"),
+        (
+            ViTArch(good.embed_dim, d, good.num_heads,
+                    good.mlp_ratio[:2] + (max(c.mlp_ratios) + 0.25,) + good.mlp_ratio[3:]),
+            "mlp_ratio[2]",
+        ),
+    ]
+
+
+def vit_budget(preset: str) -> SupernetBudget:
+    """ImageNet-sized presets run their supernet tests on 32x32 inputs (2x2 patches + class
+    token): every width, depth and head choice is as in the preset, only the token count
+    shrinks. test_vit_supernet.py checks autoformer-tiny at 224x224 as well."""
+    if preset.startswith("autoformer-"):
+        return SupernetBudget(batch=1, random_archs=1, overrides={"img_size": 32})
+    return SupernetBudget(batch=4, random_archs=3)
+
+
+KITS: dict[str, ContractKit] = {
+    "vit": ContractKit(bad_archs=vit_bad_archs, budget=vit_budget),
+}
