@@ -12,8 +12,9 @@ rows of head ``j``. "The first ``heads`` heads of q, k and v" is then the leadin
 reorders those rows into timm's ``[q | k | v]`` layout.
 
 All slices are views of the parameters (``F.linear`` and ``F.conv2d`` take strided weights), so
-a step copies no weights, and autograd writes gradient only into the active slices: inactive
-rows and columns, and blocks beyond the depth, receive exactly zero (or no) gradient.
+a step copies no weights. The block's linear layers go through ``sliced_linear``, whose backward
+writes weight gradients straight into full-size buffers (see there for why). Inactive rows and
+columns, and blocks beyond the depth, receive exactly zero (or no) gradient.
 
 Module and parameter names follow timm's ``VisionTransformer`` (``patch_embed.proj``,
 ``blocks.3.attn.qkv``, ``blocks.3.mlp.fc1``, ``norm``, ``head``) so checkpoints read familiarly.
@@ -28,6 +29,7 @@ from timm.layers.drop import calculate_drop_path_rates
 from torch import nn
 
 from search_spaces.base import Supernet
+from search_spaces.sliced_linear import sliced_linear
 from search_spaces.vit.arch import ViTArch, validate_vit_arch
 from search_spaces.vit.config import ViTSpaceConfig, mlp_hidden_dim
 from search_spaces.vit.timm_model import build_timm_vit
@@ -35,16 +37,9 @@ from search_spaces.vit.timm_model import build_timm_vit
 _LN_EPS = 1e-6  # timm's ViT LayerNorm eps
 
 
-def _rows_cols(weight: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-    """Leading ``[:rows, :cols]`` view; the parameter itself when nothing is cut away, which
-    spares autograd a full-size zero-filled gradient buffer per step."""
-    if rows == weight.shape[0] and cols == weight.shape[1]:
-        return weight
-    return weight[:rows, :cols]
-
-
-def _lead(vector: torch.Tensor, n: int) -> torch.Tensor:
-    return vector if n == vector.shape[0] else vector[:n]
+def _lead(tensor: torch.Tensor, n: int) -> torch.Tensor:
+    """Leading ``[:n]`` view; the parameter itself when nothing is cut away (no slice node)."""
+    return tensor if n == tensor.shape[0] else tensor[:n]
 
 
 class _Attention(nn.Module):
@@ -59,11 +54,11 @@ class _Attention(nn.Module):
     def forward(self, x: torch.Tensor, heads: int) -> torch.Tensor:
         b, n, e = x.shape
         a = heads * self.head_dim
-        qkv = F.linear(x, _rows_cols(self.qkv.weight, 3 * a, e), _lead(self.qkv.bias, 3 * a))
+        qkv = sliced_linear(x, self.qkv.weight, self.qkv.bias, 3 * a, e)
         q, k, v = qkv.view(b, n, heads, 3, self.head_dim).permute(3, 0, 2, 1, 4).unbind(0)
         x = F.scaled_dot_product_attention(q, k, v)
         x = x.transpose(1, 2).reshape(b, n, a)
-        return F.linear(x, _rows_cols(self.proj.weight, e, a), _lead(self.proj.bias, e))
+        return sliced_linear(x, self.proj.weight, self.proj.bias, e, a)
 
 
 class _Mlp(nn.Module):
@@ -74,9 +69,8 @@ class _Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor, hidden: int) -> torch.Tensor:
         e = x.shape[-1]
-        x = F.linear(x, _rows_cols(self.fc1.weight, hidden, e), _lead(self.fc1.bias, hidden))
-        x = F.gelu(x)
-        return F.linear(x, _rows_cols(self.fc2.weight, e, hidden), _lead(self.fc2.bias, e))
+        x = F.gelu(sliced_linear(x, self.fc1.weight, self.fc1.bias, hidden, e))
+        return sliced_linear(x, self.fc2.weight, self.fc2.bias, e, hidden)
 
 
 def _layer_norm(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
@@ -167,7 +161,7 @@ class ViTSupernet(Supernet):
             x = self.blocks[i](x, arch.num_heads[i], hidden, rates[i])
         # LayerNorm is per token and only the class token is pooled: normalise just that one.
         x = _layer_norm(x[:, 0], self.norm)
-        return F.linear(x, _rows_cols(self.head.weight, self.config.num_classes, e), self.head.bias)
+        return sliced_linear(x, self.head.weight, self.head.bias, self.config.num_classes, e)
 
     @torch.no_grad()
     def extract(self, arch: ViTArch) -> nn.Module:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from search_space_contract import SupernetCache
 
 from search_spaces import build_space
 from search_spaces.vit import ViTSpace
+from tests.search_spaces.search_space_contract import SupernetCache
 
 
 @pytest.fixture(autouse=True)

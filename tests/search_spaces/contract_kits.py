@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from search_space_contract import ContractKit, SupernetBudget
-
 from search_spaces.vit import ViTArch, ViTSpace
+from tests.search_spaces.search_space_contract import ContractKit, SupernetBudget
 
 
 def vit_bad_archs(space: ViTSpace) -> list[tuple[Any, str]]:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from contract_kits import KITS
-from search_space_contract import ContractKit, SearchSpaceContract
 
 from search_spaces import SearchSpace, build_space, list_families, list_presets
+from tests.search_spaces.contract_kits import KITS
+from tests.search_spaces.search_space_contract import ContractKit, SearchSpaceContract
 
 REGISTERED = [f"{family}/{preset}" for family in list_families() for preset in list_presets(family)]
 

@@ -249,3 +249,38 @@ def test_autoformer_supernet_width_exceeds_largest_subnet() -> None:
     assert net.cls_token.shape[-1] == 256
     assert net.blocks[0].mlp.fc1.weight.shape == (1024, 256)
     assert len(net.blocks) == 14 and net.blocks[0].attn.qkv.weight.shape[0] == 3 * 4 * 64
+
+
+def test_supernet_gradients_equal_the_extracted_models(vit28: ViTSpace) -> None:
+    """Training a subnet inside the supernet is training the standalone model: every gradient
+    of the extracted timm model equals the matching slice of the supernet's gradient."""
+    torch.manual_seed(0)
+    net = vit28.build_supernet().double().eval()  # eval: no drop-path randomness
+    hd = vit28.config.head_dim
+    model = net.extract(MIXED)
+    x = torch.randn(4, *vit28.input_shape, dtype=torch.float64)
+    y = torch.arange(4)
+    torch.nn.functional.cross_entropy(net(x, MIXED), y).backward()
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    sup = {n: p.grad for n, p in net.named_parameters()}
+    e = MIXED.embed_dim
+    expected = {
+        "patch_embed.proj.weight": sup["patch_embed.proj.weight"][:e],
+        "cls_token": sup["cls_token"][..., :e],
+        "pos_embed": sup["pos_embed"][..., :e],
+        "norm.weight": sup["norm.weight"][:e],
+        "head.weight": sup["head.weight"][:, :e],
+        "head.bias": sup["head.bias"],
+    }
+    for i, heads in enumerate(MIXED.num_heads):
+        a, h, p = heads * hd, int(e * MIXED.mlp_ratio[i]), f"blocks.{i}."
+        qkv = sup[p + "attn.qkv.weight"][: 3 * a, :e].reshape(heads, 3, hd, e).transpose(0, 1)
+        expected[p + "attn.qkv.weight"] = qkv.reshape(3 * a, e)
+        expected[p + "attn.proj.weight"] = sup[p + "attn.proj.weight"][:e, :a]
+        expected[p + "mlp.fc1.weight"] = sup[p + "mlp.fc1.weight"][:h, :e]
+        expected[p + "mlp.fc1.bias"] = sup[p + "mlp.fc1.bias"][:h]
+        expected[p + "mlp.fc2.weight"] = sup[p + "mlp.fc2.weight"][:e, :h]
+        expected[p + "norm2.bias"] = sup[p + "norm2.bias"][:e]
+    grads = {n: q.grad for n, q in model.named_parameters()}
+    for name, want in expected.items():
+        torch.testing.assert_close(grads[name], want, rtol=1e-9, atol=1e-12, msg=name)
