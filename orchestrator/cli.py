@@ -261,11 +261,31 @@ def run(
 
 @app.command()
 def train(config: ConfigArg, set_: SetOpt = None) -> None:
-    """Train the weight-sharing supernet (the `supernet` stage) alone."""
-    from orchestrator.config import load_config
+    """Train the weight-sharing supernet (the `supernet` stage) alone.
 
-    load_config(config, set_)
-    raise _not_available("train")
+    Rerunning it resumes from the latest checkpoint in the run directory.
+    """
+    from orchestrator import rundir
+    from orchestrator.config import load_config
+    from orchestrator.stages.supernet import run_supernet_stage
+    from orchestrator.tracking import tracking_uri
+
+    cfg = load_config(config, set_)
+    path = rundir.prepare(cfg)
+    outcome = run_supernet_stage(cfg)
+    last = outcome["history"][-1]
+    table = Table("subnet", "val top-1 %", box=None)
+    for key, value in last.items():
+        if key.startswith("val_top1_"):
+            table.add_row(key.removeprefix("val_top1_"), f"{value:.2f}")
+    out.print(
+        f"supernet trained for {outcome['epochs']} epochs; checkpoint {outcome['checkpoint']}",
+        highlight=False,
+    )
+    out.print(table)
+    uri = tracking_uri(cfg.tracking.uri, str(path))
+    ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"open {uri}"
+    out.print(f"next: {ui}", highlight=False)
 
 
 @app.command()

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from trainables.data.config import DataConfig
+from trainables.train.config import SupernetTrainConfig
 
 Method = Literal["autoformer", "tas-lora", "flora", "it-nas"]
 StageName = Literal[
@@ -73,25 +74,12 @@ class SpaceConfig(Strict):
     overrides: dict[str, Any] = Field(default_factory=dict, description="preset fields to override")
 
 
-class SupernetConfig(Strict):
-    """One-shot supernet training (AutoFormer recipe)."""
+class SupernetConfig(SupernetTrainConfig):
+    """The `supernet` stage: the training recipe plus where the workers run."""
 
-    epochs: int = Field(5, ge=1)
-    batch_size: int = Field(128, ge=1, description="global batch, split across workers")
-    lr: float | None = Field(None, gt=0, description="null: 5e-4 x batch_size / 512")
-    min_lr: float = Field(1e-5, ge=0)
-    warmup_epochs: float = Field(1.0, ge=0)
-    weight_decay: float = Field(0.05, ge=0)
-    label_smoothing: float = Field(0.1, ge=0, lt=1)
-    drop_path: float = Field(0.1, ge=0, lt=1)
-    clip_grad: float | None = Field(5.0, gt=0)
-    sampling: Literal["uniform", "sandwich"] = "uniform"
-    eval_subnets: int = Field(3, ge=0, description="fixed random subnets evaluated each epoch")
-    checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="auto: bf16 on GPU, fp32 on CPU"
+    max_failures: int = Field(
+        2, ge=-1, description="worker-failure restarts from the last checkpoint (-1: unlimited)"
     )
-    max_failures: int = Field(2, ge=-1, description="worker-failure restarts (-1: unlimited)")
     resources: Resources = Field(default_factory=lambda: Resources(workers=2))
 
 
@@ -296,6 +284,15 @@ class RunConfig(Strict):
                 raise ValueError(
                     f"stages {self.stages} must be distinct and in pipeline order: {', '.join(allowed)}"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _remote_run_dir_needs_tracking_server(self) -> RunConfig:
+        if self.run_dir is not None and "://" in self.run_dir and self.tracking.uri is None:
+            raise ValueError(
+                f"run_dir={self.run_dir!r} is remote, so the embedded MLflow store cannot live in it; "
+                "set tracking.uri to a tracking server (http://...)"
+            )
         return self
 
     @property

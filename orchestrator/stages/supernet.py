@@ -1,0 +1,223 @@
+"""The `supernet` stage: data-parallel one-shot training on Ray Train.
+
+Outputs in the run directory: `supernet/epoch_NNNN/` checkpoints (Ray Train storage) and
+`supernet/result.json` (history, latest checkpoint), written only once training completed.
+Restarting the stage resumes from the latest checkpoint; a completed stage is skipped unless the
+config asks for more epochs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import ray.train
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from orchestrator.config.schema import RunConfig as RaynasConfig
+from orchestrator.errors import UserInputError
+from orchestrator.runtime import check_fits, ensure_ray
+from orchestrator.tracking import Tracker, flatten, tracking_uri
+from search_spaces import build_space
+from trainables.data import load_splits
+from trainables.train import checkpoint as ckpt
+from trainables.train.loop import WorkerSpec, train_worker
+
+STAGE = "supernet"
+RESULT = "result.json"
+
+
+class EpochLogger(ray.train.UserCallback):
+    """Logs rank 0's reported metrics to the stage's MLflow run, each epoch once.
+
+    Runs in the Ray Train controller, which Ray places on the driver's node, so the embedded
+    SQLite store in the run directory is reachable from it.
+    """
+
+    def __init__(self, uri: str, run_id: str, logged_epochs: set[int]) -> None:
+        self.uri = uri
+        self.run_id = run_id
+        self.logged = set(logged_epochs)
+        self._client = None
+
+    def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
+        from mlflow.tracking import MlflowClient
+
+        if not metrics or "epoch" not in metrics[0]:
+            return
+        rank0 = metrics[0]
+        epoch = int(rank0["epoch"])
+        if epoch in self.logged:
+            return
+        if self._client is None:
+            self._client = MlflowClient(tracking_uri=self.uri)
+        self._client.log_batch(self.run_id, metrics=epoch_metrics(rank0))
+        self.logged.add(epoch)
+
+
+def epoch_metrics(metrics: dict[str, Any]) -> list:
+    """One epoch's numeric metrics as MLflow `Metric`s with step = epoch."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    epoch = int(metrics["epoch"])
+    return [
+        Metric(k, float(v), now, epoch)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and k != "epoch"
+    ]
+
+
+def stage_dir(run_dir: str) -> Path:
+    return Path(run_dir).resolve() / STAGE
+
+
+def read_result(run_dir: str) -> dict[str, Any] | None:
+    path = stage_dir(run_dir) / RESULT
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def latest_checkpoint(run_dir: str) -> Path | None:
+    folders = sorted(stage_dir(run_dir).glob("epoch_[0-9][0-9][0-9][0-9]"))
+    return folders[-1] if folders else None
+
+
+def preflight(config: RaynasConfig) -> None:
+    """Everything that can be checked on the driver, before any worker starts."""
+    space = build_space(config.family, config.space.preset, dict(config.space.overrides))
+    splits = load_splits(config.data)
+    if splits.image_shape != space.input_shape or splits.num_classes != space.num_classes:
+        raise UserInputError(
+            f"data {config.data.name} gives images {splits.image_shape} with {splits.num_classes} classes but space "
+            f"{config.family}/{config.space.preset} expects {space.input_shape} with {space.num_classes}; set "
+            "space.overrides (img_size, in_chans, num_classes) or data.image_size / data.channels"
+        )
+    per_worker = config.supernet.batch_size // config.supernet.resources.workers
+    if per_worker < 1 or len(splits.train) < config.supernet.batch_size:
+        raise UserInputError(
+            f"supernet.batch_size={config.supernet.batch_size} needs >= 1 image per worker "
+            f"({config.supernet.resources.workers} workers) and at most the {len(splits.train)} train images"
+        )
+    latest = latest_checkpoint(config.run_path)
+    if latest is not None:
+        ckpt.load_into(space.build_supernet(), latest)
+        ckpt.load_train_state(latest)
+        ckpt.load_meta(latest)
+
+
+def backfill_history(tracker: Tracker, run_id: str, latest: Path | None) -> set[int]:
+    """Log epochs the latest checkpoint holds but MLflow lacks (the driver died between the
+    checkpoint and its logging); return the epochs now in MLflow."""
+    logged = tracker.logged_steps(run_id, "train_loss")
+    if latest is None:
+        return logged
+    for metrics in ckpt.load_meta(latest)["history"]:
+        if int(metrics["epoch"]) not in logged:
+            tracker.client.log_batch(run_id, metrics=epoch_metrics(metrics))
+            logged.add(int(metrics["epoch"]))
+    return logged
+
+
+def run_supernet_stage(config: RaynasConfig, tracker: Tracker | None = None) -> dict[str, Any]:
+    """Train (or finish training) the supernet of `config`; returns the stage result."""
+    run_dir = config.run_path
+    done = read_result(run_dir)
+    if done is not None and done["epochs"] >= config.supernet.epochs:
+        print(
+            f"[supernet] already trained for {done['epochs']} epochs in {stage_dir(run_dir)}; skipping",
+            flush=True,
+        )
+        return done
+    preflight(config)
+    tracker = tracker or Tracker(
+        tracking_uri(config.tracking.uri, run_dir), config.tracking.experiment, run_dir, config.name
+    )
+    run_id = tracker.stage_run(STAGE)
+    tracker.log_params(tracker.parent_run_id, flatten(config.model_dump(mode="json")))
+    tracker.log_params(
+        run_id,
+        flatten(
+            {k: config.model_dump(mode="json")[k] for k in ("seed", "data", "space", "supernet")}
+        ),
+    )
+    logged = backfill_history(tracker, run_id, latest_checkpoint(run_dir))
+    local = ensure_ray(config.ray)
+    resources = config.supernet.resources
+    check_fits(resources, STAGE, local)
+
+    spec = WorkerSpec(
+        train=config.supernet,
+        data=config.data,
+        space={
+            "family": config.family,
+            "preset": config.space.preset,
+            "overrides": dict(config.space.overrides),
+        },
+        seed=config.seed,
+        run_dir=str(Path(run_dir).resolve()),
+    )
+    per_worker = {"CPU": resources.cpus_per_worker, **resources.custom}
+    if resources.gpus_per_worker:
+        per_worker["GPU"] = resources.gpus_per_worker
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"spec": spec},
+        scaling_config=ScalingConfig(
+            num_workers=resources.workers,
+            use_gpu=resources.gpus_per_worker > 0,
+            resources_per_worker=per_worker,
+            accelerator_type=resources.accelerator_type,
+        ),
+        run_config=RunConfig(
+            name=STAGE,
+            storage_path=str(Path(run_dir).resolve()),
+            failure_config=FailureConfig(max_failures=config.supernet.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=None),
+            callbacks=[EpochLogger(tracker.uri, run_id, logged)],
+        ),
+    )
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as exc:
+        tracker.finish(run_id, ok=False)
+        user_error = _user_error_in(exc)
+        if user_error is not None:
+            raise user_error from None
+        raise
+    latest = latest_checkpoint(run_dir)
+    meta = ckpt.load_meta(latest)
+    outcome = {
+        "epochs": meta["epoch"],
+        "checkpoint": str(latest),
+        "history": meta["history"],
+        "metrics": result.metrics,
+        "mlflow_run_id": run_id,
+    }
+    tmp = stage_dir(run_dir) / (RESULT + ".tmp")
+    tmp.write_text(json.dumps(outcome, indent=2))
+    tmp.replace(stage_dir(run_dir) / RESULT)
+    tracker.client.log_artifacts(run_id, str(latest), artifact_path="checkpoint")
+    tracker.client.log_artifact(run_id, str(stage_dir(run_dir) / RESULT))
+    tracker.finish(run_id, ok=True)
+    return outcome
+
+
+def _user_error_in(exc: BaseException) -> UserInputError | None:
+    """A UserInputError raised inside a worker, unwrapped from Ray's error."""
+    seen = set()
+    stack = [exc]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen or current is None:
+            continue
+        seen.add(id(current))
+        if isinstance(current, UserInputError):
+            return current
+        failures = getattr(current, "worker_failures", None)
+        if isinstance(failures, dict):
+            stack.extend(failures.values())
+        stack.extend([current.__cause__, current.__context__])
+    return None

@@ -1,0 +1,228 @@
+"""The `supernet` stage on real Ray Train (2 CPU workers, gloo DDP), real MLflow stores and a
+real Fashion-MNIST subset."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import ray
+import torch
+from mlflow.tracking import MlflowClient
+
+from orchestrator.config import parse
+from orchestrator.stages.supernet import read_result, run_supernet_stage
+from search_spaces import build_space
+from tests.helpers.servers import free_port, mlflow_server
+from trainables.data import load_splits
+from trainables.train import checkpoint as ckpt
+from trainables.train.loop import evaluate
+
+pytestmark = pytest.mark.slow
+
+SMALL_SPACE = {
+    "embed_dims": [32, 48],
+    "depths": [2, 3],
+    "num_heads": [2, 3],
+    "mlp_ratios": [2.0, 3.0],
+}
+
+
+def make_config(run_dir: Path, **supernet) -> dict:
+    return {
+        "name": "t",
+        "method": "autoformer",
+        "run_dir": str(run_dir),
+        "data": {"name": "fashion_mnist", "download": False, "subset": {"train": 3072, "val": 512}},
+        "space": {"preset": "vit-28", "overrides": SMALL_SPACE},
+        "supernet": {
+            "epochs": 2, "batch_size": 128, "lr": 2e-3, "warmup_epochs": 0.5, "eval_subnets": 2,
+            "resources": {"workers": 2, "cpus_per_worker": 1}, **supernet,
+        },
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray.init(num_cpus=2, namespace="raynas-tests", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def epochs_logged(uri: str, run_id: str, metric: str = "train_loss") -> list[int]:
+    return [m.step for m in MlflowClient(uri).get_metric_history(run_id, metric)]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, ray_cluster):
+    """One 2-epoch sandwich run recording its archs; several tests read it."""
+    run_dir = tmp_path_factory.mktemp("run")
+    config = parse(make_config(run_dir, sampling="sandwich", record_archs=True), "test")
+    return config, run_supernet_stage(config)
+
+
+def test_training_improves_val_accuracy_and_writes_checkpoints(trained):
+    config, outcome = trained
+    run_dir = Path(config.run_path)
+    assert outcome["epochs"] == 2 and [h["epoch"] for h in outcome["history"]] == [1, 2]
+    folders = sorted(p.name for p in (run_dir / "supernet").glob("epoch_*"))
+    assert folders == ["epoch_0001", "epoch_0002"]
+    weights = torch.load(run_dir / "supernet" / "epoch_0002" / "supernet.pt", weights_only=True)
+    state = torch.load(run_dir / "supernet" / "epoch_0002" / "train_state.pt", weights_only=True)
+    assert state["epoch"] == 2 and "optimizer" in state
+    # the untrained supernet (same initial weights) vs the trained one, on the same val split
+    space = build_space("vit", "vit-28", SMALL_SPACE)
+    splits = load_splits(config.data)
+    val = list(range(len(splits.val)))
+    torch.manual_seed(config.seed)
+    model = space.build_supernet().eval()
+    before = evaluate(model, space.largest(), splits.val, val, 512, torch.device("cpu"), None)[
+        0
+    ] / len(val)
+    model.load_state_dict(weights)
+    after = evaluate(model, space.largest(), splits.val, val, 512, torch.device("cpu"), None)[
+        0
+    ] / len(val)
+    assert after > before + 0.10, (before, after)
+    assert outcome["history"][-1]["val_top1_largest"] == pytest.approx(100 * after)
+    assert outcome["history"][-1]["images_per_s"] > 0
+
+
+def test_every_rank_trains_the_same_subnet_each_step(trained):
+    config, _ = trained
+    logs = Path(config.run_path) / "supernet" / "archs"
+    steps = {}
+    for rank in (0, 1):
+        lines = [json.loads(line) for line in (logs / f"rank{rank}.jsonl").read_text().splitlines()]
+        steps[rank] = {(d["epoch"], d["step"]): d["archs"] for d in lines}
+    assert steps[0] == steps[1]
+    assert len(steps[0]) == 2 * 3072 // 128  # every step of both epochs
+    assert all(
+        len(archs) == 3 for archs in steps[0].values()
+    )  # sandwich: largest, smallest, random
+    assert len({archs[2] for archs in steps[0].values()}) > 5
+
+
+def test_mlflow_sqlite_store_has_parent_and_nested_runs(trained):
+    config, outcome = trained
+    run_dir = Path(config.run_path)
+    uri = f"sqlite:///{run_dir / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    state = json.loads((run_dir / "tracking.json").read_text())
+    parent, nested = client.get_run(state["parent"]), client.get_run(state["stages"]["supernet"])
+    assert nested.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert nested.info.status == "FINISHED" and nested.info.run_name == "supernet"
+    assert (
+        parent.data.params["supernet.epochs"] == "2"
+        and parent.data.params["data.name"] == "fashion_mnist"
+    )
+    assert nested.data.params["supernet.sampling"] == "sandwich"
+    for metric in (
+        "train_loss",
+        "images_per_s",
+        "val_top1_smallest",
+        "val_top1_largest",
+        "val_top1_random1",
+    ):
+        assert epochs_logged(uri, nested.info.run_id, metric) == [1, 2], metric
+    artifacts = {a.path for a in client.list_artifacts(nested.info.run_id, "checkpoint")}
+    assert "checkpoint/supernet.pt" in artifacts and "checkpoint/train_state.pt" in artifacts
+    assert outcome["mlflow_run_id"] == nested.info.run_id
+
+
+def test_completed_stage_is_skipped(trained, capsys):
+    config, outcome = trained
+    assert run_supernet_stage(config) == outcome
+    assert "already trained for 2 epochs" in capsys.readouterr().out
+
+
+def test_mlflow_server_receives_the_runs(tmp_path, ray_cluster):
+    with mlflow_server(tmp_path) as uri:
+        data = make_config(tmp_path / "run", epochs=1)
+        data["tracking"] = {"uri": uri, "experiment": "server-test"}
+        outcome = run_supernet_stage(parse(data, "test"))
+        client = MlflowClient(uri)
+        run = client.get_run(outcome["mlflow_run_id"])
+        assert run.info.status == "FINISHED"
+        assert client.get_experiment(run.info.experiment_id).name == "server-test"
+        assert epochs_logged(uri, run.info.run_id, "val_top1_largest") == [1]
+        assert "mlflow.parentRunId" in run.data.tags and run.data.params["supernet.epochs"] == "1"
+        assert "checkpoint/supernet.pt" in {
+            a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")
+        }
+
+
+def test_worker_failure_recovers_from_last_checkpoint(tmp_path, ray_cluster):
+    data = make_config(
+        tmp_path, epochs=3, max_failures=1, inject_failure={"epoch": 2, "step": 5, "rank": 1}
+    )
+    outcome = run_supernet_stage(parse(data, "test"))
+    assert (tmp_path / "supernet" / ".failure_injected").exists()  # the failure did happen
+    assert [h["epoch"] for h in outcome["history"]] == [1, 2, 3]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert epochs_logged(uri, outcome["mlflow_run_id"]) == [1, 2, 3]
+
+
+def test_corrupt_checkpoint_fails_before_training(trained, tmp_path):
+    import shutil
+
+    config, _ = trained
+    copy = tmp_path / "copy"
+    shutil.copytree(config.run_path, copy)
+    (copy / "supernet" / "result.json").unlink()
+    (copy / "supernet" / "epoch_0002" / "supernet.pt").write_bytes(b"not a checkpoint")
+    data = make_config(copy, epochs=3)
+    with pytest.raises(
+        ckpt.CheckpointError, match=r"epoch_0002/supernet.pt is corrupt or not a torch file"
+    ):
+        run_supernet_stage(parse(data, "test"))
+
+
+def _raynas(*args, **kwargs) -> subprocess.Popen:
+    script = Path(sys.executable).with_name("raynas")
+    return subprocess.Popen([str(script), *args], text=True, start_new_session=True, **kwargs)
+
+
+def test_unreachable_tracking_server_is_one_line_before_training(tmp_path):
+    data = make_config(tmp_path / "run")
+    data["tracking"] = {"uri": f"http://127.0.0.1:{free_port()}"}
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(data))  # JSON is YAML
+    process = _raynas("train", str(path), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "MLflow server unreachable" in lines[0], stderr
+    assert not (tmp_path / "run" / "supernet").exists()
+
+
+def test_resume_after_killing_the_driver(tmp_path):
+    data = make_config(tmp_path / "run", epochs=2)
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(data))
+    log = open(tmp_path / "first.log", "w")
+    first = _raynas("train", str(path), stdout=log, stderr=subprocess.STDOUT)
+    checkpoint = tmp_path / "run" / "supernet" / "epoch_0001" / "meta.json"
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and time.monotonic() < deadline and first.poll() is None:
+        time.sleep(0.5)
+    assert checkpoint.exists(), (tmp_path / "first.log").read_text()[-3000:]
+    time.sleep(1.0)  # let Ray register the checkpoint
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    log.close()
+    assert read_result(str(tmp_path / "run")) is None  # not complete
+    second = _raynas("train", str(path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    output, _ = second.communicate(timeout=600)
+    assert second.returncode == 0, output[-3000:]
+    assert "[supernet] epoch 1/2" not in output and "[supernet] epoch 2/2" in output
+    result = read_result(str(tmp_path / "run"))
+    assert [h["epoch"] for h in result["history"]] == [1, 2]
+    uri = f"sqlite:///{tmp_path / 'run' / 'mlflow.db'}"
+    assert epochs_logged(uri, result["mlflow_run_id"]) == [1, 2]

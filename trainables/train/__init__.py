@@ -1,0 +1,1 @@
+"""Supernet training on Ray Train workers: subnet sampling, schedule, checkpoints, the loop."""

@@ -1,0 +1,307 @@
+"""The per-worker loop of the `supernet` stage, run by `ray.train.torch.TorchTrainer`.
+
+Each step trains the subnet(s) drawn by `sampling.step_archs` from (seed, epoch, step), so all
+ranks agree without communicating; DDP (through `ray.train.torch.prepare_model`) averages the
+gradients. Every `checkpoint_every` epochs rank 0 reports a checkpoint (weights, optimizer,
+schedule position, RNG state, metric history); a restarted worker group resumes from the latest
+one, whether the restart follows a worker failure or a new driver.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from search_spaces import arch_id, build_space
+from trainables.data import DataConfig, load_splits
+from trainables.train import checkpoint as ckpt
+from trainables.train.config import SupernetTrainConfig
+from trainables.train.sampling import eval_archs, step_archs
+from trainables.train.schedule import warmup_cosine
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a training worker needs, as plain data (it is pickled to every worker)."""
+
+    train: SupernetTrainConfig
+    data: DataConfig
+    space: dict[str, Any] = field(default_factory=dict)  # build_space(family, preset, overrides)
+    seed: int = 0
+    run_dir: str = "."  # local run directory, for the arch logs and the failure-injection marker
+
+    def build_space(self):
+        return build_space(
+            self.space["family"], self.space.get("preset"), self.space.get("overrides") or {}
+        )
+
+
+class InjectedFailure(RuntimeError):
+    """Raised by the testing hook `supernet.inject_failure`."""
+
+
+def _no_decay(name: str, param: torch.Tensor) -> bool:
+    return param.ndim <= 1 or name.endswith(("pos_embed", "cls_token"))
+
+
+def build_optimizer(model: torch.nn.Module, cfg: SupernetTrainConfig) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases, norms, position embedding and class token (timm)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if _no_decay(name, param) else decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.peak_lr)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    return torch.float16 if precision == "fp16" else torch.bfloat16
+
+
+def shard(dataset: Dataset, rank: int, world: int) -> list[int]:
+    return list(range(rank, len(dataset), world))
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    arch: Any,
+    dataset,
+    indices: list[int],
+    batch_size: int,
+    device: torch.device,
+    dtype: torch.dtype | None,
+) -> tuple[float, float]:
+    """(correct, summed loss) of `arch` over `dataset[indices]` (this rank's share)."""
+    correct = loss = 0.0
+    for start in range(0, len(indices), batch_size):
+        x, y = dataset.batch(indices[start : start + batch_size])
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
+            logits = model(x, arch)
+        loss += F.cross_entropy(logits.float(), y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+    return correct, loss
+
+
+def all_sum(values: list[float], device: torch.device) -> list[float]:
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    """`train_loop_per_worker` of the supernet stage; `config["spec"]` is a `WorkerSpec`."""
+    import ray.train
+    import ray.train.torch
+
+    spec: WorkerSpec = config["spec"]
+    cfg = spec.train
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    dtype = autocast_dtype(cfg.precision, device)
+
+    torch.manual_seed(spec.seed)  # identical initial weights on every rank
+    space = spec.build_space()
+    supernet = space.build_supernet()
+    splits = load_splits(spec.data)
+    if splits.image_shape != space.input_shape or splits.num_classes != space.num_classes:
+        raise ValueError(
+            f"data gives images {splits.image_shape} with {splits.num_classes} classes but the search space "
+            f"expects {space.input_shape} with {space.num_classes}; set space.overrides (img_size, in_chans, "
+            "num_classes) or data.image_size / data.channels"
+        )
+    if cfg.batch_size < world:
+        raise ValueError(
+            f"supernet.batch_size={cfg.batch_size} is smaller than the {world} workers"
+        )
+    per_worker = cfg.batch_size // world
+
+    sampler = DistributedSampler(
+        splits.train, num_replicas=world, rank=rank, shuffle=True, seed=spec.seed, drop_last=True
+    )
+    loader = DataLoader(splits.train, batch_size=per_worker, sampler=sampler, drop_last=True)
+    steps_per_epoch = len(loader)
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"the train split ({len(splits.train)} images) holds less than one batch of {cfg.batch_size}"
+        )
+    total_steps = cfg.epochs * steps_per_epoch
+    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
+
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    start_epoch, history = 1, []
+    restored = ray.train.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as folder:
+            ckpt.load_into(supernet, folder)
+            state = ckpt.load_train_state(folder)
+            history = ckpt.load_meta(folder)["history"]
+        start_epoch = int(state["epoch"]) + 1
+        torch.set_rng_state(state["torch_rng"])
+    model = ray.train.torch.prepare_model(
+        supernet, parallel_strategy_kwargs={"find_unused_parameters": True}
+    )
+    optimizer = build_optimizer(supernet, cfg)  # after prepare_model: on the model's device
+    if restored is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+
+    probes = eval_archs(space, spec.seed, cfg.eval_subnets)
+    val_indices = shard(splits.val, rank, world)
+    arch_log = _arch_log(spec, rank)
+
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        sampler.set_epoch(epoch)
+        model.train()
+        loss_sum = seen = 0.0
+        started = time.perf_counter()
+        for step, (x, y) in enumerate(loader):
+            _maybe_fail(spec, epoch, step, rank)
+            lr = warmup_cosine(
+                (epoch - 1) * steps_per_epoch + step,
+                total_steps,
+                warmup_steps,
+                cfg.peak_lr,
+                cfg.min_lr,
+            )
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            archs = step_archs(space, cfg.sampling, spec.seed, epoch, step)
+            if arch_log is not None:
+                arch_log.write(
+                    json.dumps({"epoch": epoch, "step": step, "archs": [arch_id(a) for a in archs]})
+                    + "\n"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            for i, arch in enumerate(archs):
+                last = i == len(archs) - 1
+                sync = (
+                    contextlib.nullcontext()
+                    if last or not hasattr(model, "no_sync")
+                    else model.no_sync()
+                )
+                with sync:
+                    with (
+                        torch.autocast(device.type, dtype=dtype)
+                        if dtype
+                        else contextlib.nullcontext()
+                    ):
+                        loss = F.cross_entropy(
+                            model(x, arch).float(), y, label_smoothing=cfg.label_smoothing
+                        )
+                    scaler.scale(loss / len(archs)).backward()
+                loss_sum += loss.item() * len(y) / len(archs)
+            if cfg.clip_grad is not None:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            seen += len(y)
+        train_seconds = time.perf_counter() - started
+        if arch_log is not None:
+            arch_log.flush()
+
+        model.eval()
+        metrics: dict[str, Any] = {"epoch": epoch, "lr": lr}
+        loss_sum, seen = all_sum([loss_sum, seen], device)
+        metrics["train_loss"] = loss_sum / max(seen, 1)
+        metrics["images_per_s"] = seen / max(train_seconds, 1e-9)
+        unwrapped = model.module if hasattr(model, "module") else model
+        for name, arch in probes.items():
+            correct, vloss = evaluate(
+                unwrapped, arch, splits.val, val_indices, cfg.eval_batch_size, device, dtype
+            )
+            correct, vloss = all_sum([correct, vloss], device)
+            metrics[f"val_top1_{name}"] = 100.0 * correct / len(splits.val)
+            metrics[f"val_loss_{name}"] = vloss / len(splits.val)
+        randoms = [metrics[f"val_top1_{n}"] for n in probes if n.startswith("random")]
+        if randoms:
+            metrics["val_top1_random_mean"] = sum(randoms) / len(randoms)
+        metrics["epoch_seconds"] = time.perf_counter() - started
+        history = [h for h in history if h["epoch"] < epoch] + [metrics]
+
+        if rank == 0:
+            print(_progress_line(metrics, cfg.epochs), flush=True)
+        keep = epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs
+        if keep and rank == 0:
+            with tempfile.TemporaryDirectory() as folder:
+                ckpt.save(
+                    folder,
+                    unwrapped.state_dict(),
+                    {
+                        "epoch": epoch,
+                        "optimizer": optimizer.state_dict(),
+                        "scaler": scaler.state_dict(),
+                        "torch_rng": torch.get_rng_state(),
+                    },
+                    {
+                        "epoch": epoch,
+                        "history": history,
+                        "space": spec.space,
+                        "probes": {n: arch_id(a) for n, a in probes.items()},
+                        "world_size": world,
+                    },
+                )
+                ray.train.report(
+                    metrics,
+                    checkpoint=ray.train.Checkpoint.from_directory(folder),
+                    checkpoint_dir_name=f"epoch_{epoch:04d}",
+                )
+        else:
+            ray.train.report(metrics)
+    if arch_log is not None:
+        arch_log.close()
+
+
+def _progress_line(metrics: dict[str, Any], epochs: int) -> str:
+    vals = "  ".join(
+        f"{k.removeprefix('val_top1_')} {v:.1f}"
+        for k, v in metrics.items()
+        if k.startswith("val_top1_") and not k.endswith("mean")
+    )
+    return (
+        f"[supernet] epoch {metrics['epoch']}/{epochs}  loss {metrics['train_loss']:.4f}  "
+        f"{metrics['images_per_s']:.0f} img/s  val top-1: {vals}"
+    )
+
+
+def _arch_log(spec: WorkerSpec, rank: int):
+    if not spec.train.record_archs:
+        return None
+    folder = Path(spec.run_dir) / "supernet" / "archs"
+    folder.mkdir(parents=True, exist_ok=True)
+    return open(folder / f"rank{rank}.jsonl", "a")
+
+
+def _maybe_fail(spec: WorkerSpec, epoch: int, step: int, rank: int) -> None:
+    hook = spec.train.inject_failure
+    if hook is None or (hook.epoch, hook.step, hook.rank) != (epoch, step, rank):
+        return
+    marker = Path(spec.run_dir) / "supernet" / ".failure_injected"
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(f"epoch {epoch} step {step} rank {rank}\n")
+    raise InjectedFailure(
+        f"injected failure at epoch {epoch}, step {step}, rank {rank} (supernet.inject_failure)"
+    )
