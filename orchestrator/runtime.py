@@ -23,6 +23,8 @@ def ensure_ray(config: RayConfig) -> bool:
     if ray.is_initialized():
         return False
     address = config.address or os.environ.get("RAY_ADDRESS")
+    if address is None:
+        os.environ.update(local_cluster_env(config))
     try:
         ray.init(
             address=address, namespace=config.namespace, log_to_driver=True, configure_logging=False
@@ -32,6 +34,11 @@ def ensure_ray(config: RayConfig) -> bool:
             f"ray.address={address!r}: cannot connect to a Ray cluster ({exc})"
         ) from None
     return address is None
+
+
+def local_cluster_env(config: RayConfig) -> dict[str, str]:
+    """Environment for a local Ray that raynas starts (inherited by its raylet and workers)."""
+    return {"RAY_worker_niceness": str(config.worker_niceness)}
 
 
 def check_fits(resources: Resources, stage: str, local: bool) -> None:

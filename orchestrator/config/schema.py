@@ -234,6 +234,13 @@ class RayConfig(Strict):
         None, description="null: $RAY_ADDRESS if set, else a local Ray; 'auto' or ray://host:port"
     )
     namespace: str = "raynas"
+    worker_niceness: int = Field(
+        0,
+        ge=0,
+        le=19,
+        description="niceness of Ray workers when raynas starts a local Ray (Ray's own default is 15, which "
+        "lets its daemons preempt training on a busy machine); existing clusters keep their setting",
+    )
 
 
 class RunConfig(Strict):
