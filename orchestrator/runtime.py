@@ -23,6 +23,8 @@ def ensure_ray(config: RayConfig) -> bool:
     if ray.is_initialized():
         return False
     address = config.address or os.environ.get("RAY_ADDRESS")
+    # Ray Train copies worker prints into its logger *and* forwards stdout: each line twice.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     if address is None:
         os.environ.update(local_cluster_env(config))
     try:
