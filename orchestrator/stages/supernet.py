@@ -24,7 +24,7 @@ from orchestrator.tracking import Tracker, flatten, tracking_uri
 from search_spaces import build_space
 from trainables.data import load_splits
 from trainables.train import checkpoint as ckpt
-from trainables.train.loop import WorkerSpec, train_worker
+from trainables.train.loop import WorkerSpec, check_data_fits_space, train_worker
 
 STAGE = "supernet"
 RESULT = "result.json"
@@ -89,12 +89,7 @@ def preflight(config: RaynasConfig) -> None:
     """Everything that can be checked on the driver, before any worker starts."""
     space = build_space(config.family, config.space.preset, dict(config.space.overrides))
     splits = load_splits(config.data)
-    if splits.image_shape != space.input_shape or splits.num_classes != space.num_classes:
-        raise UserInputError(
-            f"data {config.data.name} gives images {splits.image_shape} with {splits.num_classes} classes but space "
-            f"{config.family}/{config.space.preset} expects {space.input_shape} with {space.num_classes}; set "
-            "space.overrides (img_size, in_chans, num_classes) or data.image_size / data.channels"
-        )
+    check_data_fits_space(splits, space)
     per_worker = config.supernet.batch_size // config.supernet.resources.workers
     if per_worker < 1 or len(splits.train) < config.supernet.batch_size:
         raise UserInputError(

@@ -11,6 +11,11 @@ import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
+
+from trainables.errors import DataError
+
+Found = TypeVar("Found")
 
 SYSTEM_DATA_DIRS = (Path("/usr/share/datasets"),)
 DOWNLOAD_TIMEOUT_S = 20.0
@@ -58,3 +63,43 @@ def try_download(download: Callable[[], None]) -> str | None:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return f"{type(exc).__name__}: {reason}"[:160]
     return None
+
+
+def locate(
+    name: str,
+    folder: str,
+    root: str | None,
+    find: Callable[[Path], Found | None],
+    what: str,
+    download: Callable[[Path], None] | None,
+    hint: str,
+    system_dirs: tuple[Path, ...] = SYSTEM_DATA_DIRS,
+) -> tuple[Found, str]:
+    """Search the candidate folders, then the download cache, then download (when given).
+
+    `find(folder)` returns what it recognises in `folder` or None; `what` says what it looks for
+    (for the error). Returns what was found and where; else one DataError line listing every
+    place tried, followed by `hint`.
+    """
+    tried = []
+    for label, path in candidate_dirs(root, folder, system_dirs):
+        if path is None:
+            tried.append(f"{label} (unset)")
+            continue
+        found = find(path)
+        if found is not None:
+            return found, str(path)
+        tried.append(f"{path} (no {what})")
+    target = cache_dir(folder)
+    found = find(target)
+    if found is not None:
+        return found, str(target)
+    if download is None:
+        tried.append("download (disabled by data.download=false)")
+    else:
+        failure = try_download(lambda: download(target))
+        found = find(target)
+        if failure is None and found is not None:
+            return found, f"{target} (downloaded)"
+        tried.append(f"download to {target} ({failure or 'files missing after download'})")
+    raise DataError(f"{name} not found; looked in: {'; '.join(tried)}. {hint}")

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from search_spaces import arch_id, build_space
 from trainables.data import DataConfig, load_splits
+from trainables.errors import DataError
 from trainables.train import checkpoint as ckpt
 from trainables.train.config import SupernetTrainConfig
 from trainables.train.sampling import eval_archs, step_archs
@@ -43,6 +44,16 @@ class WorkerSpec:
     def build_space(self):
         return build_space(
             self.space["family"], self.space.get("preset"), self.space.get("overrides") or {}
+        )
+
+
+def check_data_fits_space(splits, space) -> None:
+    """The images and classes of the data must be what the supernet was built for."""
+    if splits.image_shape != space.input_shape or splits.num_classes != space.num_classes:
+        raise DataError(
+            f"data {splits.name} gives images {splits.image_shape} with {splits.num_classes} classes but the "
+            f"search space expects {space.input_shape} with {space.num_classes}; set space.overrides (img_size, "
+            "in_chans, num_classes) or data.image_size / data.channels"
         )
 
 
@@ -123,12 +134,7 @@ def train_worker(config: dict[str, Any]) -> None:
     space = spec.build_space()
     supernet = space.build_supernet()
     splits = load_splits(spec.data)
-    if splits.image_shape != space.input_shape or splits.num_classes != space.num_classes:
-        raise ValueError(
-            f"data gives images {splits.image_shape} with {splits.num_classes} classes but the search space "
-            f"expects {space.input_shape} with {space.num_classes}; set space.overrides (img_size, in_chans, "
-            "num_classes) or data.image_size / data.channels"
-        )
+    check_data_fits_space(splits, space)
     if cfg.batch_size < world:
         raise ValueError(
             f"supernet.batch_size={cfg.batch_size} is smaller than the {world} workers"

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from trainables.data import locations
 from trainables.data.config import DataConfig
-from trainables.data.locations import SYSTEM_DATA_DIRS, cache_dir, candidate_dirs, try_download
+from trainables.data.locations import SYSTEM_DATA_DIRS
 from trainables.data.registry import register_dataset
 from trainables.data.tensors import RawDataset
 from trainables.errors import DataError
@@ -83,34 +84,19 @@ def locate(
     layout: CifarLayout,
     system_dirs: tuple[Path, ...] = SYSTEM_DATA_DIRS,
 ) -> Path:
-    tried = []
-    for label, folder in candidate_dirs(root, layout.name, system_dirs):
-        if folder is None:
-            tried.append(f"{label} (unset)")
-            continue
-        found = _find(folder, layout)
-        if found is not None:
-            return found
-        tried.append(f"{folder} (no {layout.folder} batches)")
-    target = cache_dir(layout.name)
-    found = _find(target, layout)
-    if found is not None:
-        return found
-    if download:
+    def fetch(target: Path) -> None:
         import torchvision.datasets
 
-        dataset_class = getattr(torchvision.datasets, layout.torchvision_class)
-        failure = try_download(lambda: dataset_class(str(target), train=True, download=True))
-        found = _find(target, layout)
-        if failure is None and found is not None:
-            return found
-        tried.append(f"download to {target} ({failure or 'files missing after download'})")
-    else:
-        tried.append("download (disabled by data.download=false)")
-    raise DataError(
-        f"{layout.name} not found; looked in: {'; '.join(tried)}. Set data.root to a folder "
-        f"holding {layout.folder}/ (the python version of the dataset)"
-    )
+        getattr(torchvision.datasets, layout.torchvision_class)(
+            str(target), train=True, download=True
+        )
+
+    found, _ = locations.locate(
+        layout.name, layout.name, root, lambda folder: _find(folder, layout), f"{layout.folder} batches",
+        fetch if download else None,
+        f"Set data.root to a folder holding {layout.folder}/ (the python version of the dataset)", system_dirs,
+    )  # fmt: skip
+    return found
 
 
 def load_cifar(config: DataConfig, layout: CifarLayout) -> RawDataset:

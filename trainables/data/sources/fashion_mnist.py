@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from trainables.data import locations
 from trainables.data.config import DataConfig
-from trainables.data.locations import SYSTEM_DATA_DIRS, cache_dir, candidate_dirs, try_download
+from trainables.data.locations import SYSTEM_DATA_DIRS
 from trainables.data.registry import register_dataset
 from trainables.data.tensors import RawDataset
 from trainables.errors import DataError
@@ -88,34 +89,20 @@ def _read(files: dict[str, Path], origin: str) -> RawDataset:
     )
 
 
+def _download(target: Path) -> None:
+    from torchvision.datasets import FashionMNIST
+
+    FashionMNIST(str(target), train=True, download=True)
+
+
 def locate(
     root: str | None, download: bool, system_dirs: tuple[Path, ...] = SYSTEM_DATA_DIRS
 ) -> tuple[dict[str, Path], str]:
     """Find (or download) the IDX files; return them and where they came from."""
-    tried = []
-    for label, folder in candidate_dirs(root, "fashion-mnist", system_dirs):
-        if folder is None:
-            tried.append(f"{label} (unset)")
-            continue
-        files = _find_files(folder)
-        if files is not None:
-            return files, str(folder)
-        tried.append(f"{folder} (no IDX files)")
-    target = cache_dir("fashion-mnist")
-    files = _find_files(target)
-    if files is not None:
-        return files, str(target)
-    if download:
-        from torchvision.datasets import FashionMNIST
-
-        failure = try_download(lambda: FashionMNIST(str(target), train=True, download=True))
-        files = _find_files(target)
-        if failure is None and files is not None:
-            return files, f"{target} (downloaded)"
-        tried.append(f"download to {target} ({failure or 'files missing after download'})")
-    else:
-        tried.append("download (disabled by data.download=false)")
-    raise DataError(f"fashion_mnist not found; looked in: {'; '.join(tried)}. {INSTALL_HINT}")
+    return locations.locate(
+        "fashion_mnist", "fashion-mnist", root, _find_files, "IDX files",
+        _download if download else None, INSTALL_HINT, system_dirs,
+    )  # fmt: skip
 
 
 @register_dataset(
