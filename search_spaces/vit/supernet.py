@@ -12,9 +12,10 @@ rows of head ``j``. "The first ``heads`` heads of q, k and v" is then the leadin
 reorders those rows into timm's ``[q | k | v]`` layout.
 
 All slices are views of the parameters (``F.linear`` and ``F.conv2d`` take strided weights), so
-a step copies no weights. The block's linear layers go through ``sliced_linear``, whose backward
-writes weight gradients straight into full-size buffers (see there for why). Inactive rows and
-columns, and blocks beyond the depth, receive exactly zero (or no) gradient.
+a forward copies no weights; a tensor used in full is passed as is, without a slice node.
+Autograd writes gradient only into the active slices: inactive rows and columns, and blocks
+beyond the depth, receive exactly zero (or no) gradient. (A custom autograd function that wrote
+weight gradients straight into full-size buffers was tried and measured no faster on CPU.)
 
 Module and parameter names follow timm's ``VisionTransformer`` (``patch_embed.proj``,
 ``blocks.3.attn.qkv``, ``blocks.3.mlp.fc1``, ``norm``, ``head``) so checkpoints read familiarly.
@@ -29,7 +30,6 @@ from timm.layers.drop import calculate_drop_path_rates
 from torch import nn
 
 from search_spaces.base import Supernet
-from search_spaces.sliced_linear import sliced_linear
 from search_spaces.vit.arch import ViTArch, validate_vit_arch
 from search_spaces.vit.config import ViTSpaceConfig, mlp_hidden_dim
 from search_spaces.vit.timm_model import build_timm_vit
@@ -38,8 +38,18 @@ _LN_EPS = 1e-6  # timm's ViT LayerNorm eps
 
 
 def _lead(tensor: torch.Tensor, n: int) -> torch.Tensor:
-    """Leading ``[:n]`` view; the parameter itself when nothing is cut away (no slice node)."""
+    """Leading ``[:n]`` view; the parameter itself when nothing is cut away, which spares
+    autograd a slice node (a zero-filled full-size gradient buffer plus a copy) per step."""
     return tensor if n == tensor.shape[0] else tensor[:n]
+
+
+def _linear(x: torch.Tensor, layer: nn.Linear, out_features: int) -> torch.Tensor:
+    """``layer`` restricted to its first ``out_features`` outputs and ``x.shape[-1]`` inputs,
+    on views of its parameters (BLAS takes the strided weight as is; no copy)."""
+    weight, in_features = layer.weight, x.shape[-1]
+    if out_features != weight.shape[0] or in_features != weight.shape[1]:
+        weight = weight[:out_features, :in_features]
+    return F.linear(x, weight, _lead(layer.bias, out_features))
 
 
 class _Attention(nn.Module):
@@ -54,11 +64,11 @@ class _Attention(nn.Module):
     def forward(self, x: torch.Tensor, heads: int) -> torch.Tensor:
         b, n, e = x.shape
         a = heads * self.head_dim
-        qkv = sliced_linear(x, self.qkv.weight, self.qkv.bias, 3 * a, e)
+        qkv = _linear(x, self.qkv, 3 * a)
         q, k, v = qkv.view(b, n, heads, 3, self.head_dim).permute(3, 0, 2, 1, 4).unbind(0)
         x = F.scaled_dot_product_attention(q, k, v)
         x = x.transpose(1, 2).reshape(b, n, a)
-        return sliced_linear(x, self.proj.weight, self.proj.bias, e, a)
+        return _linear(x, self.proj, e)
 
 
 class _Mlp(nn.Module):
@@ -69,8 +79,7 @@ class _Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor, hidden: int) -> torch.Tensor:
         e = x.shape[-1]
-        x = F.gelu(sliced_linear(x, self.fc1.weight, self.fc1.bias, hidden, e))
-        return sliced_linear(x, self.fc2.weight, self.fc2.bias, e, hidden)
+        return _linear(F.gelu(_linear(x, self.fc1, hidden)), self.fc2, e)
 
 
 def _layer_norm(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
@@ -161,7 +170,7 @@ class ViTSupernet(Supernet):
             x = self.blocks[i](x, arch.num_heads[i], hidden, rates[i])
         # LayerNorm is per token and only the class token is pooled: normalise just that one.
         x = _layer_norm(x[:, 0], self.norm)
-        return sliced_linear(x, self.head.weight, self.head.bias, self.config.num_classes, e)
+        return _linear(x, self.head, self.config.num_classes)
 
     @torch.no_grad()
     def extract(self, arch: ViTArch) -> nn.Module:
