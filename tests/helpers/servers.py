@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -49,9 +52,12 @@ def mlflow_server(folder: Path):
         wait_http(f"http://127.0.0.1:{port}/health", timeout=120, process=process)
         yield f"http://127.0.0.1:{port}"
     finally:
-        process.terminate()
+        # the server forks workers and job consumers: end its whole process group
+        os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            process.kill()
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
         log.close()
