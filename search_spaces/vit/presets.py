@@ -6,9 +6,10 @@ patch 16, 1000 classes, head width 64, supernet widths 256/448/640). Their param
 
 ``vit-28`` (28x28x1, e.g. Fashion-MNIST) and ``vit-32`` (32x32x3, e.g. CIFAR-10) are ours, sized
 for laptops: on 2 CPU threads (torch 2.15), one 55k-image epoch of the LARGEST subnet (forward,
-backward and AdamW step at batch 128, no data loading) measured about 65 s for each
-(vit-28 largest: 0.37M params, 19.6M MACs; vit-32 largest: 0.25M params, 18.0M MACs).
-``benchmarks/supernet_step.py`` re-measures the estimate.
+backward and AdamW step at batch 128, no data loading) measured about 65 s for each on an idle
+2-core VM, and 80-100 s while other jobs shared it (vit-28 largest: 0.37M params, 19.6M MACs;
+vit-32 largest: 0.25M params, 18.0M MACs; a plain timm ViT of ~0.4M params at patch 4 takes
+~70 s). ``benchmarks/supernet_step.py`` re-measures the estimate.
 """
 
 from __future__ import annotations
