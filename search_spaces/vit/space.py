@@ -93,6 +93,7 @@ class ViTSpace(SearchSpace):
         return flat
 
     def decode(self, flat: Mapping[str, Any]) -> ViTArch:
+        flat = {k: _plain_scalar(v) for k, v in flat.items()}
         keys = list(self._choices())
         unknown = [k for k in flat if k not in keys]
         missing = [k for k in keys if k not in flat]
@@ -134,3 +135,10 @@ class ViTSpace(SearchSpace):
     def export_spec(self, arch: ViTArch) -> dict[str, Any]:
         self.validate(arch)
         return {"builder": _BUILDER, "kwargs": vit_timm_kwargs(self.config, arch)}
+
+
+def _plain_scalar(value: Any) -> Any:
+    """numpy scalars (an archive read back from parquet) as the Python int/float they hold."""
+    if not isinstance(value, (bool, int, float, str)) and hasattr(value, "item"):
+        return value.item()
+    return value

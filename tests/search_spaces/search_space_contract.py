@@ -172,6 +172,13 @@ class SearchSpaceContract:
             assert space.decode(flat) == arch
             assert space.decode(json.loads(json.dumps(flat))) == arch  # survives JSON/parquet
 
+    def test_decode_accepts_numpy_scalars(self, space: SearchSpace) -> None:
+        """Archive columns read back from parquet arrive as numpy scalars."""
+        np = pytest.importorskip("numpy")
+        for arch in _random_archs(space, 20):
+            flat = {k: np.asarray([v])[0] for k, v in space.encode(arch).items()}
+            assert space.decode(flat) == arch
+
     def test_encoding_has_fixed_keys_and_flat_values(self, space: SearchSpace) -> None:
         keys = list(space.encode(space.smallest()))
         assert keys == list(space.encode(space.largest()))
