@@ -127,6 +127,7 @@ def run_supernet_stage(config: RaynasConfig, tracker: Tracker | None = None) -> 
         )
         return done
     preflight(config)
+    owns_tracker = tracker is None  # then this stage is the whole run and closes the parent run too
     tracker = tracker or Tracker(
         tracking_uri(config.tracking.uri, run_dir), config.tracking.experiment, run_dir, config.name
     )
@@ -178,6 +179,8 @@ def run_supernet_stage(config: RaynasConfig, tracker: Tracker | None = None) -> 
         result = trainer.fit()
     except ray.train.TrainingFailedError as exc:
         tracker.finish(run_id, ok=False)
+        if owns_tracker:
+            tracker.finish(tracker.parent_run_id, ok=False)
         user_error = _user_error_in(exc)
         if user_error is not None:
             raise user_error from None
@@ -197,6 +200,8 @@ def run_supernet_stage(config: RaynasConfig, tracker: Tracker | None = None) -> 
     tracker.client.log_artifacts(run_id, str(latest), artifact_path="checkpoint")
     tracker.client.log_artifact(run_id, str(stage_dir(run_dir) / RESULT))
     tracker.finish(run_id, ok=True)
+    if owns_tracker:
+        tracker.finish(tracker.parent_run_id, ok=True)
     return outcome
 
 

@@ -119,6 +119,7 @@ def test_mlflow_sqlite_store_has_parent_and_nested_runs(trained):
     parent, nested = client.get_run(state["parent"]), client.get_run(state["stages"]["supernet"])
     assert nested.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert nested.info.status == "FINISHED" and nested.info.run_name == "supernet"
+    assert parent.info.status == "FINISHED"  # `raynas train` alone is the whole run
     assert (
         parent.data.params["supernet.epochs"] == "2"
         and parent.data.params["data.name"] == "fashion_mnist"
