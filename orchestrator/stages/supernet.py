@@ -88,7 +88,7 @@ def latest_checkpoint(run_dir: str) -> Path | None:
 def preflight(config: RaynasConfig) -> None:
     """Everything that can be checked on the driver, before any worker starts."""
     space = build_space(config.family, config.space.preset, dict(config.space.overrides))
-    splits = load_splits(config.data)
+    splits = load_splits(config.data, ("train", "val"), purpose="supernet-preflight")
     check_data_fits_space(splits, space)
     per_worker = config.supernet.batch_size // config.supernet.resources.workers
     if per_worker < 1 or len(splits.train) < config.supernet.batch_size:

@@ -9,6 +9,10 @@ split as the original.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 import torch
@@ -26,13 +30,22 @@ from trainables.data.tensors import (
 )
 from trainables.errors import DataError
 
+SPLITS = ("train", "val", "test")
+ACCESS_LOG_ENV = "RAYNAS_SPLIT_ACCESS_LOG"
+"""When set, a file that every materialised split is recorded in (one JSON line per split and
+load, with the caller's purpose and pid): how tests prove the search never reads the test split."""
+
+
+class SplitNotLoadedError(RuntimeError):
+    """A split was used that its caller chose not to load."""
+
 
 @dataclass(frozen=True)
 class DatasetSplits:
     name: str
-    train: ImageTensorDataset
-    val: ImageTensorDataset
-    test: ImageTensorDataset
+    train: ImageTensorDataset | None
+    val: ImageTensorDataset | None
+    test: ImageTensorDataset | None
     classes: tuple[str, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -44,10 +57,20 @@ class DatasetSplits:
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        return self.train.image_shape
+        return self.loaded()[0][1].image_shape
+
+    def loaded(self) -> list[tuple[str, ImageTensorDataset]]:
+        return [(s, getattr(self, s)) for s in SPLITS if getattr(self, s) is not None]
+
+    def split(self, name: str) -> ImageTensorDataset:
+        """The split `name`, or an error saying it was not loaded."""
+        dataset = getattr(self, name)
+        if dataset is None:
+            raise SplitNotLoadedError(f"the {name} split was not loaded (load_splits(splits=...))")
+        return dataset
 
     def sizes(self) -> dict[str, int]:
-        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+        return {split: len(dataset) for split, dataset in self.loaded()}
 
 
 def generator(seed: int, purpose: str) -> torch.Generator:
@@ -120,8 +143,32 @@ def load_raw(config: DataConfig) -> RawDataset:
     return with_test_split(source.load(config), config, source.default_test_size)
 
 
-def load_splits(config: DataConfig) -> DatasetSplits:
-    """Load `config.name` and return its train / val / test splits as in-memory tensors."""
+def record_access(splits: Iterable[str], purpose: str) -> None:
+    """Append the materialised splits to ``$RAYNAS_SPLIT_ACCESS_LOG`` when it is set."""
+    path = os.environ.get(ACCESS_LOG_ENV)
+    if not path:
+        return
+    with open(path, "a", encoding="utf-8") as log:
+        for split in splits:
+            entry = {"split": split, "purpose": purpose, "pid": os.getpid(), "time": time.time()}
+            log.write(json.dumps(entry) + "\n")
+
+
+def load_splits(
+    config: DataConfig,
+    splits: Iterable[str] = SPLITS,
+    purpose: str = "unspecified",
+) -> DatasetSplits:
+    """Load `config.name` and return the requested splits as in-memory tensors.
+
+    Splits not in `splits` are None and never materialised, so a search that asks for
+    ``("val",)`` cannot read the test split. `purpose` names the caller in the access log.
+    The train split's statistics still normalise every split (``normalize: data``).
+    """
+    wanted = tuple(splits)
+    unknown = sorted(set(wanted) - set(SPLITS))
+    if unknown or not wanted:
+        raise ValueError(f"splits={wanted}: allowed a non-empty subset of {SPLITS}")
     raw = load_raw(config)
     default_val_size = get_source(config.name).default_val_size
     val_size = config.val_size if config.val_size is not None else default_val_size
@@ -140,12 +187,20 @@ def load_splits(config: DataConfig) -> DatasetSplits:
         "val": (raw.train_images, raw.train_labels),
         "test": (raw.test_images, raw.test_labels),
     }
-    images = {split: prepare_images(pools[split][0][idx], config) for split, idx in indices.items()}
-    mean, std = _normalisation(config, images["train"])
+    needed = set(wanted) | ({"train"} if config.normalize == "data" else set())
+    images = {
+        split: prepare_images(pools[split][0][idx], config)
+        for split, idx in indices.items()
+        if split in needed
+    }
+    mean, std = _normalisation(config, images.get("train", images[wanted[0]]))
     datasets = {
         split: ImageTensorDataset(images[split], pools[split][1][idx], mean, std, indices=idx)
+        if split in wanted
+        else None
         for split, idx in indices.items()
     }
+    record_access(wanted, purpose)
     return DatasetSplits(
         name=config.name, classes=raw.classes, mean=mean, std=std, origin=raw.origin, **datasets
     )

@@ -133,7 +133,7 @@ def train_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(spec.seed)  # identical initial weights on every rank
     space = spec.build_space()
     supernet = space.build_supernet()
-    splits = load_splits(spec.data)
+    splits = load_splits(spec.data, ("train", "val"), purpose="supernet")
     check_data_fits_space(splits, space)
     if cfg.batch_size < world:
         raise ValueError(
