@@ -12,16 +12,20 @@ class ResourceError(UserInputError):
     """The cluster cannot hold what a stage asks for."""
 
 
+_started_local = False
+
+
 def ensure_ray(config: RayConfig) -> bool:
-    """Initialise Ray once per process; True when this call started a local cluster.
+    """Initialise Ray once per process; True when the Ray in use is a local one raynas started.
 
     Order: `ray.address` from the config, then `$RAY_ADDRESS` (set by `ray job submit`), else a
     new local cluster.
     """
     import ray
 
+    global _started_local
     if ray.is_initialized():
-        return False
+        return _started_local
     address = config.address or os.environ.get("RAY_ADDRESS")
     # Ray Train copies worker prints into its logger *and* forwards stdout: each line twice.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
@@ -29,13 +33,28 @@ def ensure_ray(config: RayConfig) -> bool:
         os.environ.update(local_cluster_env(config))
     try:
         ray.init(
-            address=address, namespace=config.namespace, log_to_driver=True, configure_logging=False
+            # "local" always starts a new cluster; None could join one left by `ray start`
+            address=address or "local",
+            namespace=config.namespace,
+            log_to_driver=True,
+            configure_logging=False,
         )
     except ConnectionError as exc:
         raise UserInputError(
             f"ray.address={address!r}: cannot connect to a Ray cluster ({exc})"
         ) from None
-    return address is None
+    _started_local = address is None
+    return _started_local
+
+
+def trial_resources(resources: Resources) -> dict[str, float]:
+    """Ray resources of one worker / trial: CPUs, (fractional) GPUs, accelerator type, custom."""
+    need: dict[str, float] = {"CPU": resources.cpus_per_worker, **resources.custom}
+    if resources.gpus_per_worker:
+        need["GPU"] = resources.gpus_per_worker
+    if resources.accelerator_type:
+        need[f"accelerator_type:{resources.accelerator_type}"] = 0.001
+    return need
 
 
 def local_cluster_env(config: RayConfig) -> dict[str, str]:

@@ -155,19 +155,23 @@ class Constraints(Strict):
 
 
 class EvolutionConfig(Strict):
-    """AutoFormer's evolutionary search (its defaults)."""
+    """AutoFormer's evolutionary search (its defaults). The mutation probabilities belong to the
+    search space (e.g. ``space.overrides.mutate_block_prob``); ``population`` is NSGA-II's too."""
 
-    population: int = Field(50, ge=2)
-    parents: int = Field(10, ge=1)
-    mutations: int = Field(25, ge=0)
-    crossovers: int = Field(25, ge=0)
-    mutation_prob: float = Field(0.2, ge=0, le=1)
-    resample_prob: float = Field(0.4, ge=0, le=1)
+    population: int = Field(50, ge=2, description="candidates per generation (evolution and nsga2)")
+    parents: int = Field(10, ge=1, description="top candidates kept as parents (evolution)")
+    mutations: int = Field(25, ge=0, description="mutated children per generation (evolution)")
+    crossovers: int = Field(25, ge=0, description="crossover children per generation (evolution)")
 
     @model_validator(mode="after")
     def _sizes(self) -> EvolutionConfig:
         if self.parents > self.population:
             raise ValueError(f"parents={self.parents} exceeds population={self.population}")
+        if self.mutations + self.crossovers > self.population:
+            raise ValueError(
+                f"mutations + crossovers = {self.mutations + self.crossovers} exceeds "
+                f"population={self.population}"
+            )
         return self
 
 
@@ -181,8 +185,17 @@ class SearchConfig(Strict):
     evolution: EvolutionConfig = Field(default_factory=EvolutionConfig)
     storage: str | None = Field(None, description="Optuna storage URL; null: sqlite <run>/study.db")
     study_name: str | None = None
+    seed_extremes: bool = Field(
+        True, description="evaluate the smallest and largest arch first (when admissible)"
+    )
     eval_batch_size: int = Field(512, ge=1)
+    measure_latency: bool = Field(
+        False, description="time every candidate (always on when latency is an objective)"
+    )
     latency_batch_size: int = Field(1, ge=1)
+    max_trial_failures: int = Field(
+        1, ge=0, description="retries of a crashed evaluation trial (Ray Tune FailureConfig)"
+    )
     resources: Resources = Field(default_factory=lambda: Resources(workers=2))
 
     @field_validator("objectives")

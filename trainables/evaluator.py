@@ -1,0 +1,143 @@
+"""Scoring candidate subnets with the supernet's inherited weights (the `search` stage's trials).
+
+An :class:`Evaluator` holds one loaded supernet and the VAL split on one device. Building one
+costs a checkpoint load and a dataset decode, so each worker process keeps them in a cache keyed
+by the :class:`EvalSpec`; Ray Tune reuses the trial actors (``reuse_actors=True``), so a worker
+pays that cost once and then only runs forward passes. The test split is never loaded here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from search_spaces import build_space
+from trainables.data import DataConfig, load_splits
+from trainables.train import checkpoint as ckpt
+from trainables.train.loop import autocast_dtype, check_data_fits_space, evaluate
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """Everything an evaluation worker needs, as plain data (shipped once per Tune run)."""
+
+    checkpoint: str  # folder holding supernet.pt (a supernet stage checkpoint)
+    data: DataConfig
+    space: dict[str, Any] = field(default_factory=dict)  # build_space(family, preset, overrides)
+    batch_size: int = 512
+    precision: str = "auto"
+    latency_batch_size: int | None = None  # None: no latency measurement
+    latency_repeats: int = 10
+
+    def key(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, default=str)
+
+
+class Evaluator:
+    """One supernet and the val split on this worker's device."""
+
+    def __init__(self, spec: EvalSpec, device: torch.device | None = None) -> None:
+        self.spec = spec
+        self.space = build_space(
+            spec.space["family"], spec.space.get("preset"), spec.space.get("overrides") or {}
+        )
+        self.device = device or _device()
+        self.dtype = autocast_dtype(spec.precision, self.device)
+        supernet = self.space.build_supernet()
+        ckpt.load_into(supernet, spec.checkpoint)
+        self.supernet = supernet.to(self.device).eval()
+        splits = load_splits(spec.data, ("val",), purpose="search")
+        check_data_fits_space(splits, self.space)
+        self.val = splits.split("val")
+        self.indices = list(range(len(self.val)))
+
+    @torch.no_grad()
+    def score(self, arch: Any) -> dict[str, float]:
+        """Val top-1 (%) and mean cross-entropy of `arch` with inherited weights."""
+        correct, loss = evaluate(
+            self.supernet,
+            arch,
+            self.val,
+            self.indices,
+            self.spec.batch_size,
+            self.device,
+            self.dtype,
+        )
+        return {"val_top1": 100.0 * correct / len(self.val), "val_loss": loss / len(self.val)}
+
+    @torch.no_grad()
+    def latency_ms(self, arch: Any) -> float:
+        """Median wall time (ms) of a forward pass of the extracted model at the latency batch."""
+        batch = self.spec.latency_batch_size or 1
+        model = self.supernet.extract(arch).to(self.device).eval()
+        x = torch.randn(batch, *self.space.input_shape, device=self.device)
+        for _ in range(2):  # warm-up: allocator, kernels
+            model(x)
+        times = []
+        for _ in range(self.spec.latency_repeats):
+            _sync(self.device)
+            start = time.perf_counter()
+            model(x)
+            _sync(self.device)
+            times.append((time.perf_counter() - start) * 1000.0)
+        return statistics.median(times)
+
+    def measure(self, arch: Any) -> dict[str, Any]:
+        """Everything a trial reports: val metrics, analytic cost, optional latency, timing."""
+        started = time.time()
+        metrics: dict[str, Any] = dict(self.score(arch))
+        metrics.update({k: int(v) for k, v in self.space.cost(arch).items()})
+        if self.spec.latency_batch_size is not None:
+            metrics["latency_ms"] = self.latency_ms(arch)
+        metrics["start_time"] = started
+        metrics["end_time"] = time.time()
+        metrics["device"] = str(self.device)
+        metrics["pid"] = os.getpid()
+        return metrics
+
+
+_CACHE: dict[str, Evaluator] = {}
+
+
+def cached_evaluator(spec: EvalSpec) -> Evaluator:
+    """This process's evaluator for `spec`, built on first use (one per process and spec)."""
+    key = spec.key()
+    if key not in _CACHE:
+        _CACHE.clear()  # a new checkpoint replaces the old one; never hold two supernets
+        _CACHE[key] = Evaluator(spec)
+    return _CACHE[key]
+
+
+def evaluate_candidate(config: dict[str, Any], spec: EvalSpec) -> None:
+    """Ray Tune function trainable: score the encoded arch in `config` and report once."""
+    from ray import tune
+
+    _use_assigned_cpus()
+    evaluator = cached_evaluator(spec)
+    arch = evaluator.space.decode(config)
+    tune.report(evaluator.measure(arch))
+
+
+def _use_assigned_cpus() -> None:
+    """Torch threads = the CPUs Ray assigned to this trial (Ray sets none for fractional CPUs)."""
+    import ray
+
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    threads = max(1, int(cpus))
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
