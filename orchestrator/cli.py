@@ -33,10 +33,6 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 
-class NotAvailableError(UserInputError):
-    """A command whose stage is not part of this version yet."""
-
-
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"raynas {__version__}")
@@ -182,7 +178,7 @@ def data_inspect(
         )  # fmt: skip
     start = time.perf_counter()
     with err.status(f"loading {data_cfg.name} ..."):
-        splits = load_splits(data_cfg)
+        splits = load_splits(data_cfg, purpose="inspect")
     seconds = time.perf_counter() - start
     table = Table("split", "images", box=None)
     for split, size in splits.sizes().items():
@@ -234,11 +230,23 @@ def data_convert(
 
 
 # ---------------------------------------------------------------------------------- stages
-def _not_available(stage: str) -> NotAvailableError:
-    return NotAvailableError(
-        f"`raynas {stage}` is not available in raynas {__version__} yet; "
-        "`raynas validate CONFIG` checks a config and `raynas data` prepares data"
-    )
+RunDirArg = Annotated[Path, typer.Argument(help="Run directory.", show_default=False)]
+
+
+def _print_pareto(cfg) -> None:
+    """The exported Pareto subnets and the commands that open what the run wrote."""
+    from orchestrator.stages.export import read_summary
+    from orchestrator.stages.report import TABLE_HEADER, next_commands, pareto_table
+
+    summary = read_summary(cfg.run_path)
+    if summary is not None:
+        table = Table(*TABLE_HEADER, box=None, title="Pareto subnets", title_justify="left")
+        for row in pareto_table(summary["models"]):
+            table.add_row(*row)
+        out.print(table)
+    out.print(f"run directory: {Path(cfg.run_path).resolve()}", highlight=False)
+    for command in next_commands(cfg):
+        out.print(f"next: {command}", highlight=False)
 
 
 @app.command()
@@ -247,16 +255,23 @@ def run(
         Path | None, typer.Argument(help="Run config (YAML).", show_default=False)
     ] = None,
     resume: Annotated[
-        Path | None, typer.Option(help="Continue the interrupted run in this directory.")
+        Path | None,
+        typer.Option(help="Continue the interrupted run in this directory (its config.yaml)."),
     ] = None,
     set_: SetOpt = None,
 ) -> None:
-    """Run the whole pipeline of a config's method (train -> search -> export -> report)."""
-    if config is not None:
-        from orchestrator.config import load_config
+    """Run the whole pipeline of a config's method (supernet -> search -> export -> report).
 
-        load_config(config, set_)
-    raise _not_available("run")
+    Finished stages are skipped; an interrupted search continues from its study and archive.
+    Connects to the Ray cluster in `ray.address` or `$RAY_ADDRESS` (as under `ray job submit`),
+    else starts a local one.
+    """
+    from orchestrator.pipeline import load_run_config, run_pipeline
+
+    cfg = load_run_config(config, resume, set_)
+    run_pipeline(cfg)
+    out.print()
+    _print_pareto(cfg)
 
 
 @app.command()
@@ -292,27 +307,54 @@ def train(config: ConfigArg, set_: SetOpt = None) -> None:
 def search(
     config: ConfigArg,
     supernet: Annotated[
-        Path | None, typer.Option(help="Supernet checkpoint or run directory.")
+        Path | None,
+        typer.Option(help="Supernet checkpoint folder, supernet.pt, or a run directory."),
     ] = None,
     set_: SetOpt = None,
 ) -> None:
-    """Search subnets of a trained supernet (the `search` stage) alone."""
+    """Search subnets of a trained supernet (the `search` stage) alone.
+
+    Without --supernet it uses the supernet trained in the config's run directory. Rerunning
+    continues the study; `search.budget` counts evaluated candidates.
+    """
+    from orchestrator import rundir
     from orchestrator.config import load_config
+    from orchestrator.stages.search import run_search_stage, storage_url
 
-    load_config(config, set_)
-    raise _not_available("search")
+    cfg = load_config(config, set_)
+    rundir.prepare(cfg)
+    outcome = run_search_stage(cfg, supernet=supernet)
+    out.print(
+        f"{outcome['evaluated']} candidates evaluated; Pareto front of {outcome['front_size']} in "
+        f"{Path(cfg.run_path).resolve() / 'pareto.parquet'}",
+        highlight=False,
+    )
+    out.print(f"next: raynas export {cfg.run_path}", highlight=False)
+    out.print(f"next: optuna-dashboard {storage_url(cfg)} --port 8080", highlight=False)
 
 
 @app.command()
-def export(run_dir: Annotated[Path, typer.Argument(help="Run directory.")]) -> None:
-    """Measure test accuracy of the Pareto subnets and export them as timm models."""
-    raise _not_available("export")
+def export(run_dir: RunDirArg) -> None:
+    """Measure test top-1 of the Pareto subnets and export them as timm models (+ report.md)."""
+    from orchestrator.pipeline import config_for_resume
+    from orchestrator.stages.export import run_export_stage
+    from orchestrator.stages.report import run_report_stage
+
+    cfg = config_for_resume(run_dir)
+    run_export_stage(cfg)
+    run_report_stage(cfg)
+    _print_pareto(cfg)
 
 
 @app.command()
-def report(run_dir: Annotated[Path, typer.Argument(help="Run directory.")]) -> None:
-    """Write report.md for a run directory."""
-    raise _not_available("report")
+def report(run_dir: RunDirArg) -> None:
+    """Write report.md for a run directory whose search and export have completed."""
+    from orchestrator.pipeline import config_for_resume
+    from orchestrator.stages.report import run_report_stage
+
+    cfg = config_for_resume(run_dir)
+    path = run_report_stage(cfg)
+    out.print(f"wrote {path}", highlight=False)
 
 
 def main() -> None:
