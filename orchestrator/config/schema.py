@@ -167,11 +167,6 @@ class EvolutionConfig(Strict):
     def _sizes(self) -> EvolutionConfig:
         if self.parents > self.population:
             raise ValueError(f"parents={self.parents} exceeds population={self.population}")
-        if self.mutations + self.crossovers > self.population:
-            raise ValueError(
-                f"mutations + crossovers = {self.mutations + self.crossovers} exceeds "
-                f"population={self.population}"
-            )
         return self
 
 
@@ -197,6 +192,16 @@ class SearchConfig(Strict):
         1, ge=0, description="retries of a crashed evaluation trial (Ray Tune FailureConfig)"
     )
     resources: Resources = Field(default_factory=lambda: Resources(workers=2))
+
+    @model_validator(mode="after")
+    def _generation_fits(self) -> SearchConfig:
+        evo = self.evolution
+        if self.strategy == "evolution" and evo.mutations + evo.crossovers > evo.population:
+            raise ValueError(
+                f"evolution.mutations + evolution.crossovers = {evo.mutations + evo.crossovers} "
+                f"exceeds evolution.population={evo.population}"
+            )
+        return self
 
     @field_validator("objectives")
     @classmethod

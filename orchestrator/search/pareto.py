@@ -68,8 +68,8 @@ def hypervolume_2d(
         return 0.0
     ref = reference if reference is not None else max(c for c, _ in points)
     volume, best = 0.0, 0.0
-    # sweep from the most expensive to the cheapest: each point adds its accuracy gain
-    for c, acc in sorted(points, reverse=True):
+    # sweep from the cheapest: each point adds (ref - cost) x its gain over the best so far
+    for c, acc in points:
         if c > ref:
             continue
         if acc > best:

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import optuna
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
@@ -62,7 +64,9 @@ class ArchSearch(OptunaSearch):
             storage=storage,
             study_name=study_name,
         )
-        self._ot_study.set_metric_names(metrics)
+        with warnings.catch_warnings():  # experimental since Optuna 3.2, still in 5.x
+            warnings.simplefilter("ignore", category=optuna.exceptions.ExperimentalWarning)
+            self._ot_study.set_metric_names(metrics)
         self.arch_space = space
         self.archive = archive
         self.constraint = constraint
