@@ -34,14 +34,22 @@ def vit_bad_archs(space: ViTSpace) -> list[tuple[Any, str]]:
         (ViTArch(good.embed_dim, d, good.num_heads[:-1], good.mlp_ratio), "num_heads"),
         (ViTArch(good.embed_dim, d, good.num_heads, good.mlp_ratio + (1.0,)), "mlp_ratio"),
         (
-            ViTArch(good.embed_dim, d, (c.num_heads[0], max(c.num_heads) + 1) + good.num_heads[2:],
-                    good.mlp_ratio),
+            ViTArch(
+                good.embed_dim,
+                d,
+                (c.num_heads[0], max(c.num_heads) + 1) + good.num_heads[2:],
+                good.mlp_ratio,
+            ),
             "num_heads[1]",
         ),
         (ViTArch(good.embed_dim, d, (True,) + good.num_heads[1:], good.mlp_ratio), "num_heads[0]"),
         (
-            ViTArch(good.embed_dim, d, good.num_heads,
-                    good.mlp_ratio[:2] + (max(c.mlp_ratios) + 0.25,) + good.mlp_ratio[3:]),
+            ViTArch(
+                good.embed_dim,
+                d,
+                good.num_heads,
+                good.mlp_ratio[:2] + (max(c.mlp_ratios) + 0.25,) + good.mlp_ratio[3:],
+            ),
             "mlp_ratio[2]",
         ),
     ]

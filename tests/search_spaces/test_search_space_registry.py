@@ -16,7 +16,11 @@ from search_spaces.vit import PRESETS, ViTSpace
 def test_builtin_family_is_registered_on_import() -> None:
     assert "vit" in list_families()
     assert list_presets("vit") == [
-        "autoformer-tiny", "autoformer-small", "autoformer-base", "vit-28", "vit-32"
+        "autoformer-tiny",
+        "autoformer-small",
+        "autoformer-base",
+        "vit-28",
+        "vit-32",
     ]
     family = get_family("vit")
     assert family.config_type is type(PRESETS["vit-28"])
@@ -47,10 +51,21 @@ def test_every_preset_field_is_overridable() -> None:
         "vit",
         "autoformer-tiny",
         overrides={
-            "img_size": 32, "patch_size": 8, "in_chans": 1, "num_classes": 7, "head_dim": 32,
-            "embed_dims": [64], "depths": [2], "num_heads": [1, 2], "mlp_ratios": [2],
-            "supernet_embed_dim": None, "drop_path": 0.0, "drop_path_scales_with_embed": False,
-            "mutate_depth_prob": 0.1, "mutate_embed_prob": 0.2, "mutate_block_prob": 0.3,
+            "img_size": 32,
+            "patch_size": 8,
+            "in_chans": 1,
+            "num_classes": 7,
+            "head_dim": 32,
+            "embed_dims": [64],
+            "depths": [2],
+            "num_heads": [1, 2],
+            "mlp_ratios": [2],
+            "supernet_embed_dim": None,
+            "drop_path": 0.0,
+            "drop_path_scales_with_embed": False,
+            "mutate_depth_prob": 0.1,
+            "mutate_embed_prob": 0.2,
+            "mutate_block_prob": 0.3,
         },
     )
     cfg = space.config

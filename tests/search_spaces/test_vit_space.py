@@ -17,10 +17,18 @@ DESIGN_4_1 = {
     # preset: (supernet embed/heads/depth/mlp max, embed, heads, mlp ratios, depths)
     "autoformer-tiny": ((256, 4, 14, 4.0), (192, 216, 240), (3, 4), (3.5, 4.0), (12, 13, 14)),
     "autoformer-small": (
-        (448, 7, 14, 4.0), (320, 384, 448), (5, 6, 7), (3.0, 3.5, 4.0), (12, 13, 14)
+        (448, 7, 14, 4.0),
+        (320, 384, 448),
+        (5, 6, 7),
+        (3.0, 3.5, 4.0),
+        (12, 13, 14),
     ),
     "autoformer-base": (
-        (640, 10, 16, 4.0), (528, 576, 624), (9, 10), (3.0, 3.5, 4.0), (14, 15, 16)
+        (640, 10, 16, 4.0),
+        (528, 576, 624),
+        (9, 10),
+        (3.0, 3.5, 4.0),
+        (14, 15, 16),
     ),
 }
 
@@ -30,17 +38,25 @@ def test_autoformer_presets_match_design(preset: str) -> None:
     (max_e, max_h, max_d, max_r), embeds, heads, ratios, depths = DESIGN_4_1[preset]
     cfg = PRESETS[preset]
     assert (cfg.img_size, cfg.patch_size, cfg.in_chans, cfg.num_classes, cfg.head_dim) == (
-        224, 16, 3, 1000, 64
+        224,
+        16,
+        3,
+        1000,
+        64,
     )
     assert (cfg.embed_dims, cfg.num_heads, cfg.mlp_ratios, cfg.depths) == (
-        embeds, heads, ratios, depths
+        embeds,
+        heads,
+        ratios,
+        depths,
     )
     assert (cfg.max_embed_dim, cfg.max_heads, cfg.max_depth, max(cfg.mlp_ratios)) == (
-        max_e, max_h, max_d, max_r
+        max_e,
+        max_h,
+        max_d,
+        max_r,
     )
-    assert (cfg.mutate_depth_prob, cfg.mutate_embed_prob, cfg.mutate_block_prob) == (
-        0.4, 0.4, 0.2
-    )
+    assert (cfg.mutate_depth_prob, cfg.mutate_embed_prob, cfg.mutate_block_prob) == (0.4, 0.4, 0.2)
 
 
 @pytest.mark.parametrize(
@@ -54,9 +70,7 @@ def test_param_range_contains_published_autoformer_size(preset: str, published: 
     assert lo < published < hi, (lo, hi)
 
 
-@pytest.mark.parametrize(
-    ("preset", "shape"), [("vit-28", (1, 28, 28)), ("vit-32", (3, 32, 32))]
-)
+@pytest.mark.parametrize(("preset", "shape"), [("vit-28", (1, 28, 28)), ("vit-32", (3, 32, 32))])
 def test_small_image_presets(preset: str, shape: tuple[int, int, int]) -> None:
     space = build_space("vit", preset)
     assert space.input_shape == shape and space.num_classes == 10

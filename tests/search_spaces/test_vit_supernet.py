@@ -182,8 +182,9 @@ def test_drop_path_only_in_train_mode_and_matches_extracted_model() -> None:
     # Same rates per block as the supernet (timm's linear rule, scaled by width).
     rate = net.drop_path_rate(arch)
     assert rate == pytest.approx(0.5 * 80 / 80)
-    rates = [b.drop_path1.drop_prob if isinstance(b.drop_path1, DropPath) else 0.0
-             for b in model.blocks]
+    rates = [
+        b.drop_path1.drop_prob if isinstance(b.drop_path1, DropPath) else 0.0 for b in model.blocks
+    ]
     assert rates == pytest.approx([rate * i / (arch.depth - 1) for i in range(arch.depth)])
     with torch.no_grad():
         torch.manual_seed(1)
@@ -215,8 +216,15 @@ def test_overridden_geometry_still_extracts_exactly() -> None:
         "vit",
         "vit-28",
         overrides={
-            "img_size": 32, "patch_size": 8, "in_chans": 3, "num_classes": 5, "head_dim": 8,
-            "embed_dims": [40, 24], "depths": [1, 2], "num_heads": [1, 5], "mlp_ratios": [1.5, 3],
+            "img_size": 32,
+            "patch_size": 8,
+            "in_chans": 3,
+            "num_classes": 5,
+            "head_dim": 8,
+            "embed_dims": [40, 24],
+            "depths": [1, 2],
+            "num_heads": [1, 5],
+            "mlp_ratios": [1.5, 3],
         },
     )
     assert space.input_shape == (3, 32, 32)

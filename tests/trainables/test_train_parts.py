@@ -90,5 +90,8 @@ def test_data_that_does_not_fit_the_space_is_named(space, digits_splits):
     from trainables.errors import DataError
     from trainables.train.loop import check_data_fits_space
 
-    with pytest.raises(DataError, match=r"data digits gives images \(1, 8, 8\) with 10 classes but the search space expects \(1, 28, 28\)"):
+    with pytest.raises(
+        DataError,
+        match=r"data digits gives images \(1, 8, 8\) with 10 classes but the search space expects \(1, 28, 28\)",
+    ):
         check_data_fits_space(digits_splits, space)
