@@ -13,8 +13,7 @@ PYTEST_ARGS ?=
 .PHONY: demo test install data lint clean
 
 demo: install data
-	$(BIN)/raynas validate configs/quickstart.yaml
-	$(BIN)/raynas data inspect --config configs/quickstart.yaml
+	$(BIN)/raynas run configs/quickstart.yaml
 
 test: install data
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -11,6 +11,7 @@ complete, and `export/summary.json` is written last.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -143,6 +144,8 @@ def run_export_stage(config: RaynasConfig, tracker: Tracker | None = None) -> di
         tmp.replace(folder)
         entry["path"] = str(folder)
         if config.export.log_models:
+            # MLflow warns on every pickled model; pickle is chosen (see _pickle_format)
+            logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
             with mlflow.start_run(run_id=run_id, nested=True):
                 info = mlflow.pytorch.log_model(
                     model,

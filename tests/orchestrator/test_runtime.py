@@ -47,3 +47,19 @@ def test_local_ray_runs_workers_at_normal_priority_and_checks_resources():
         "CPU but this machine's Ray has" in report["message"]
         and "lower supernet.resources.workers" in report["message"]
     )
+
+
+def test_trial_resources_are_fractional_and_name_the_accelerator():
+    from orchestrator.config.schema import Resources
+    from orchestrator.runtime import trial_resources
+
+    resources = Resources(
+        cpus_per_worker=0.5, gpus_per_worker=0.25, accelerator_type="L4", custom={"eval": 1}
+    )
+    assert trial_resources(resources) == {
+        "CPU": 0.5,
+        "GPU": 0.25,
+        "eval": 1,
+        "accelerator_type:L4": 0.001,
+    }
+    assert trial_resources(Resources()) == {"CPU": 1.0}

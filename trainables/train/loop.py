@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -125,6 +126,12 @@ def train_worker(config: dict[str, Any]) -> None:
 
     spec: WorkerSpec = config["spec"]
     cfg = spec.train
+    # Ray Train logs every report and checkpoint at INFO; the epoch line below says it once
+    for name in (
+        "ray.train.v2._internal.execution.context",
+        "ray.train.v2._internal.execution.storage",
+    ):
+        logging.getLogger(name).setLevel(logging.WARNING)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
