@@ -28,7 +28,7 @@ from orchestrator.pipeline import run_pipeline
 from orchestrator.runtime import local_cluster_env
 from orchestrator.search.archive import encoded_of
 from orchestrator.search.pareto import dominates, pareto_front
-from orchestrator.stages.search import storage_url
+from orchestrator.stages.search import run_search_stage, storage_url
 from orchestrator.tracking import tracking_uri
 from search_spaces import build_from_spec, build_space
 from tests.helpers.configs import tiny_run
@@ -242,3 +242,26 @@ def test_optuna_dashboard_serves_the_study(finished):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.mark.parametrize("strategy", ["evolution", "tpe", "random"])
+def test_every_strategy_searches_the_trained_supernet(finished, tmp_path, strategy):
+    config, outcomes = finished
+    data = tiny_run(
+        tmp_path / "run",
+        name=f"s-{strategy}",
+        search={"strategy": strategy, "budget": 6, "objectives": ["params", "latency"]},
+    )
+    searched = run_search_stage(parse(data, "test"), supernet=outcomes["supernet"]["checkpoint"])
+    rows = pq.read_table(tmp_path / "run" / "archive.parquet").to_pylist()
+    assert searched["evaluated"] == len(rows) == 6 and len({r["arch_id"] for r in rows}) == 6
+    assert all(r["latency_ms"] > 0 for r in rows)  # measured because it is an objective
+    study = optuna.load_study(
+        study_name=f"s-{strategy}", storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}"
+    )
+    assert study.metric_names == ["val_top1", "params", "latency_ms"]
+    sampled = [t for t in study.trials if "fixed_params" not in t.system_attrs]
+    if strategy == "evolution":
+        assert all("evolution:generation" in t.system_attrs for t in sampled)
+    front = pq.read_table(tmp_path / "run" / "pareto.parquet").to_pylist()
+    assert {r["arch_id"] for r in front} <= {r["arch_id"] for r in rows}
