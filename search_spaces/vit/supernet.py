@@ -153,6 +153,11 @@ class ViTSupernet(Supernet):
         return rate
 
     def forward(self, x: torch.Tensor, arch: ViTArch) -> torch.Tensor:
+        return _linear(self.forward_features(x, arch), self.head, self.config.num_classes)
+
+    def forward_features(self, x: torch.Tensor, arch: ViTArch) -> torch.Tensor:
+        """Pre-logits features ``(B, embed_dim)``: the final-normed class token (what timm's
+        ``forward_head(..., pre_logits=True)`` returns), e.g. for feature-collapse analysis."""
         validate_vit_arch(arch, self.config)
         e = arch.embed_dim
         proj = self.patch_embed.proj
@@ -169,8 +174,7 @@ class ViTSupernet(Supernet):
             hidden = mlp_hidden_dim(e, arch.mlp_ratio[i])
             x = self.blocks[i](x, arch.num_heads[i], hidden, rates[i])
         # LayerNorm is per token and only the class token is pooled: normalise just that one.
-        x = _layer_norm(x[:, 0], self.norm)
-        return _linear(x, self.head, self.config.num_classes)
+        return _layer_norm(x[:, 0], self.norm)
 
     @torch.no_grad()
     def extract(self, arch: ViTArch) -> nn.Module:
@@ -214,20 +218,22 @@ class ViTSupernet(Supernet):
             # head-major [q_j k_j v_j]_j rows -> timm's [q_0..q_H | k_0..k_H | v_0..v_H] rows
             qkv_w = blk.attn.qkv.weight[: 3 * a, :e].reshape(heads, 3, hd, e).transpose(0, 1)
             qkv_b = blk.attn.qkv.bias[: 3 * a].reshape(heads, 3, hd).transpose(0, 1)
-            state.update({
-                p + "norm1.weight": blk.norm1.weight[:e],
-                p + "norm1.bias": blk.norm1.bias[:e],
-                p + "attn.qkv.weight": qkv_w.reshape(3 * a, e),
-                p + "attn.qkv.bias": qkv_b.reshape(3 * a),
-                p + "attn.proj.weight": blk.attn.proj.weight[:e, :a],
-                p + "attn.proj.bias": blk.attn.proj.bias[:e],
-                p + "norm2.weight": blk.norm2.weight[:e],
-                p + "norm2.bias": blk.norm2.bias[:e],
-                p + "mlp.fc1.weight": blk.mlp.fc1.weight[:h, :e],
-                p + "mlp.fc1.bias": blk.mlp.fc1.bias[:h],
-                p + "mlp.fc2.weight": blk.mlp.fc2.weight[:e, :h],
-                p + "mlp.fc2.bias": blk.mlp.fc2.bias[:e],
-            })
+            state.update(
+                {
+                    p + "norm1.weight": blk.norm1.weight[:e],
+                    p + "norm1.bias": blk.norm1.bias[:e],
+                    p + "attn.qkv.weight": qkv_w.reshape(3 * a, e),
+                    p + "attn.qkv.bias": qkv_b.reshape(3 * a),
+                    p + "attn.proj.weight": blk.attn.proj.weight[:e, :a],
+                    p + "attn.proj.bias": blk.attn.proj.bias[:e],
+                    p + "norm2.weight": blk.norm2.weight[:e],
+                    p + "norm2.bias": blk.norm2.bias[:e],
+                    p + "mlp.fc1.weight": blk.mlp.fc1.weight[:h, :e],
+                    p + "mlp.fc1.bias": blk.mlp.fc1.bias[:h],
+                    p + "mlp.fc2.weight": blk.mlp.fc2.weight[:e, :h],
+                    p + "mlp.fc2.bias": blk.mlp.fc2.bias[:e],
+                }
+            )
         return state
 
 
@@ -243,4 +249,3 @@ def vit_timm_kwargs(config: ViTSpaceConfig, arch: ViTArch) -> dict[str, object]:
         "mlp_ratio": list(arch.mlp_ratio),
         "head_dim": config.head_dim,
     }
-

@@ -292,3 +292,16 @@ def test_supernet_gradients_equal_the_extracted_models(vit28: ViTSpace) -> None:
     grads = {n: q.grad for n, q in model.named_parameters()}
     for name, want in expected.items():
         torch.testing.assert_close(grads[name], want, rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_forward_features_are_timms_pre_logits():
+    space = build_space("vit", "vit-28", {})
+    supernet = space.build_supernet().eval()
+    arch = space.sample(random.Random(3))
+    x = torch.randn(4, *space.input_shape)
+    model = supernet.extract(arch).eval()
+    with torch.no_grad():
+        features = supernet.forward_features(x, arch)
+        expected = model.forward_head(model.forward_features(x), pre_logits=True)
+    assert features.shape == (4, arch.embed_dim)
+    torch.testing.assert_close(features, expected, atol=1e-5, rtol=1e-5)
