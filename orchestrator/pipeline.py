@@ -20,6 +20,7 @@ from orchestrator.config.loader import apply_overrides, parse
 from orchestrator.config.schema import RunConfig
 from orchestrator.errors import ConfigError, UserInputError
 from orchestrator.stages.export import run_export_stage
+from orchestrator.stages.mole import run_mole_stage
 from orchestrator.stages.report import run_report_stage
 from orchestrator.stages.search import run_search_stage
 from orchestrator.stages.supernet import run_supernet_stage
@@ -27,6 +28,7 @@ from orchestrator.tracking import Tracker, flatten, tracking_uri
 
 RUNNERS: dict[str, Callable[..., Any]] = {
     "supernet": run_supernet_stage,
+    "mole": run_mole_stage,
     "search": run_search_stage,
     "export": run_export_stage,
     "report": run_report_stage,

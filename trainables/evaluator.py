@@ -19,7 +19,7 @@ import torch
 
 from search_spaces import build_space
 from trainables.data import DataConfig, load_splits
-from trainables.train import checkpoint as ckpt
+from trainables.supernets import load_supernet
 from trainables.train.loop import autocast_dtype, check_data_fits_space, evaluate
 
 
@@ -34,6 +34,7 @@ class EvalSpec:
     precision: str = "auto"
     latency_batch_size: int | None = None  # None: no latency measurement
     latency_repeats: int = 10
+    mole: dict[str, Any] | None = None  # TAS-LoRA: score with router-mixed expert weights
 
     def key(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, default=str)
@@ -49,8 +50,7 @@ class Evaluator:
         )
         self.device = device or _device()
         self.dtype = autocast_dtype(spec.precision, self.device)
-        supernet = self.space.build_supernet()
-        ckpt.load_into(supernet, spec.checkpoint)
+        supernet = load_supernet(self.space, spec.checkpoint, spec.mole)
         self.supernet = supernet.to(self.device).eval()
         splits = load_splits(spec.data, ("val",), purpose="search")
         check_data_fits_space(splits, self.space)

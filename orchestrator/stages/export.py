@@ -23,11 +23,12 @@ from orchestrator.config.schema import RunConfig as RaynasConfig
 from orchestrator.errors import UserInputError
 from orchestrator.search.archive import ARCHIVE_FILE, Archive
 from orchestrator.search.pareto import pareto_front
+from orchestrator.stages import mole as mole_stage
 from orchestrator.stages import search as search_stage
 from orchestrator.tracking import Tracker, tracking_uri
 from search_spaces import build_space
 from trainables.data import load_splits
-from trainables.train import checkpoint as ckpt
+from trainables.supernets import load_supernet
 from trainables.train.loop import autocast_dtype, evaluate
 
 STAGE = "export"
@@ -74,8 +75,7 @@ def run_export_stage(config: RaynasConfig, tracker: Tracker | None = None) -> di
     chosen = select(front, config.export.max_models)
 
     space = build_space(config.family, config.space.preset, dict(config.space.overrides))
-    supernet = space.build_supernet()
-    ckpt.load_into(supernet, searched["checkpoint"])
+    supernet = load_supernet(space, searched["checkpoint"], mole_stage.mole_spec(config))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = autocast_dtype(config.supernet.precision, device)
     splits = load_splits(config.data, ("val", "test"), purpose="export")

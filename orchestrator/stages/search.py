@@ -29,10 +29,12 @@ from orchestrator.search.pareto import (
 )
 from orchestrator.search.samplers import constraint_of, make_sampler
 from orchestrator.search.searcher import ArchSearch, metric_names
+from orchestrator.stages import mole as mole_stage
 from orchestrator.stages import supernet as supernet_stage
 from orchestrator.tracking import Tracker, flatten, tracking_uri
 from search_spaces import build_space
 from trainables.evaluator import EvalSpec, evaluate_candidate
+from trainables.supernets import load_supernet
 from trainables.train import checkpoint as ckpt
 
 STAGE = "search"
@@ -64,26 +66,29 @@ def study_name(config: RaynasConfig) -> str:
 
 
 def resolve_checkpoint(config: RaynasConfig, supernet: str | Path | None = None) -> Path:
-    """The supernet checkpoint folder: `supernet` (a checkpoint folder, a `supernet.pt` file or
-    a run directory) or else the run directory's trained supernet."""
+    """The checkpoint the search scores with: `supernet` (a checkpoint folder, a `supernet.pt`
+    file or a run directory) or else the run directory's trained supernet (for TAS-LoRA the
+    `mole` stage's experts and router on top of it)."""
+    stage = mole_stage.STAGE if mole_stage.mole_spec(config) else supernet_stage.STAGE
     if supernet is not None:
         path = Path(supernet).resolve()
         if path.is_file():
             path = path.parent
         if (path / ckpt.WEIGHTS).exists():
             return path
-        done = supernet_stage.read_result(str(path))
+        done = supernet_stage.read_result(str(path), stage)
         if done is not None:
             return Path(done["checkpoint"])
         raise ckpt.CheckpointError(
             f"--supernet {supernet}: neither a checkpoint folder (with {ckpt.WEIGHTS}) nor a run "
-            "directory with a trained supernet (supernet/result.json)"
+            f"directory with a trained {stage} stage ({stage}/result.json)"
         )
-    done = supernet_stage.read_result(config.run_path)
+    done = supernet_stage.read_result(config.run_path, stage)
     if done is None:
         raise ckpt.CheckpointError(
-            f"no trained supernet in {supernet_stage.stage_dir(config.run_path)}; run the supernet "
-            "stage first (`raynas run CONFIG` or `raynas train CONFIG`) or pass --supernet PATH"
+            f"no trained {'supernet' if stage == 'supernet' else 'MoLE supernet'} in "
+            f"{supernet_stage.stage_dir(config.run_path, stage)}; run the {stage} stage first "
+            "(`raynas run CONFIG`) or pass --supernet PATH"
         )
     return Path(done["checkpoint"])
 
@@ -192,7 +197,7 @@ def run_search_stage(
 
     space = build_space(config.family, config.space.preset, dict(config.space.overrides))
     checkpoint = resolve_checkpoint(config, supernet)
-    ckpt.load_into(space.build_supernet(), checkpoint)  # corrupt or mismatched: fail here
+    load_supernet(space, checkpoint, mole_stage.mole_spec(config))  # corrupt/mismatched: fail now
     metrics = metric_names(search.objectives)
     constraint = constraint_of(search, space)
     archive = Archive.load(Path(run_dir).resolve() / ARCHIVE_FILE)
@@ -304,6 +309,7 @@ def _tune(config: RaynasConfig, space: Any, checkpoint: Path, searcher: ArchSear
         batch_size=search.eval_batch_size,
         precision=config.supernet.precision,
         latency_batch_size=search.latency_batch_size if measure else None,
+        mole=mole_stage.mole_spec(config),
     )
     trainable = tune.with_resources(
         tune.with_parameters(evaluate_candidate, spec=spec), trial_resources(search.resources)

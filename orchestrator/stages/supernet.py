@@ -4,12 +4,16 @@ Outputs in the run directory: `supernet/epoch_NNNN/` checkpoints (Ray Train stor
 `supernet/result.json` (history, latest checkpoint), written only once training completed.
 Restarting the stage resumes from the latest checkpoint; a completed stage is skipped unless the
 config asks for more epochs.
+
+The machinery (`run_training_stage` with a `TrainingPlan`) is shared with TAS-LoRA's `mole`
+stage, which trains experts and router on top of the trained supernet the same way.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +21,16 @@ import ray.train
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from orchestrator.config.schema import Resources
 from orchestrator.config.schema import RunConfig as RaynasConfig
 from orchestrator.errors import UserInputError
 from orchestrator.runtime import check_fits, ensure_ray
 from orchestrator.tracking import Tracker, flatten, tracking_uri
 from search_spaces import build_space
 from trainables.data import load_splits
+from trainables.supernets import base_of, build_supernet
 from trainables.train import checkpoint as ckpt
+from trainables.train.config import SupernetTrainConfig
 from trainables.train.loop import WorkerSpec, check_data_fits_space, train_worker
 
 STAGE = "supernet"
@@ -71,36 +78,64 @@ def epoch_metrics(metrics: dict[str, Any]) -> list:
     ]
 
 
-def stage_dir(run_dir: str) -> Path:
-    return Path(run_dir).resolve() / STAGE
+@dataclass(frozen=True)
+class TrainingPlan:
+    """What a training stage trains, how, and where its workers run."""
+
+    stage: str
+    train: SupernetTrainConfig
+    resources: Resources
+    max_failures: int
+    init_from: str | None = None  # checkpoint whose weights start the (base) supernet
+    mole: dict[str, Any] | None = None  # MoLE spec (TAS-LoRA); None: the plain supernet
+    group_init_steps: int = 0
+    freeze_base: bool = True
+    params: dict[str, Any] = field(default_factory=dict)  # logged to the stage's MLflow run
 
 
-def read_result(run_dir: str) -> dict[str, Any] | None:
-    path = stage_dir(run_dir) / RESULT
+def supernet_plan(config: RaynasConfig) -> TrainingPlan:
+    dumped = config.model_dump(mode="json")
+    return TrainingPlan(
+        stage=STAGE,
+        train=config.supernet,
+        resources=config.supernet.resources,
+        max_failures=config.supernet.max_failures,
+        params={k: dumped[k] for k in ("seed", "data", "space", "supernet")},
+    )
+
+
+def stage_dir(run_dir: str, stage: str = STAGE) -> Path:
+    return Path(run_dir).resolve() / stage
+
+
+def read_result(run_dir: str, stage: str = STAGE) -> dict[str, Any] | None:
+    path = stage_dir(run_dir, stage) / RESULT
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def latest_checkpoint(run_dir: str) -> Path | None:
-    folders = sorted(stage_dir(run_dir).glob("epoch_[0-9][0-9][0-9][0-9]"))
+def latest_checkpoint(run_dir: str, stage: str = STAGE) -> Path | None:
+    folders = sorted(stage_dir(run_dir, stage).glob("epoch_[0-9][0-9][0-9][0-9]"))
     return folders[-1] if folders else None
 
 
-def preflight(config: RaynasConfig) -> None:
+def preflight(config: RaynasConfig, plan: TrainingPlan) -> None:
     """Everything that can be checked on the driver, before any worker starts."""
     space = build_space(config.family, config.space.preset, dict(config.space.overrides))
-    splits = load_splits(config.data, ("train", "val"), purpose="supernet-preflight")
+    splits = load_splits(config.data, ("train", "val"), purpose=f"{plan.stage}-preflight")
     check_data_fits_space(splits, space)
-    per_worker = config.supernet.batch_size // config.supernet.resources.workers
-    if per_worker < 1 or len(splits.train) < config.supernet.batch_size:
+    batch, workers = plan.train.batch_size, plan.resources.workers
+    if batch // workers < 1 or len(splits.train) < batch:
         raise UserInputError(
-            f"supernet.batch_size={config.supernet.batch_size} needs >= 1 image per worker "
-            f"({config.supernet.resources.workers} workers) and at most the {len(splits.train)} train images"
+            f"supernet.batch_size={batch} needs >= 1 image per worker "
+            f"({workers} workers of {plan.stage}) and at most the {len(splits.train)} train images"
         )
-    latest = latest_checkpoint(config.run_path)
+    latest = latest_checkpoint(config.run_path, plan.stage)
     if latest is not None:
-        ckpt.load_into(space.build_supernet(), latest)
+        ckpt.load_into(build_supernet(space, plan.mole), latest)
         ckpt.load_train_state(latest)
         ckpt.load_meta(latest)
+    elif plan.init_from is not None:
+        ckpt.load_into(base_of(build_supernet(space, plan.mole)), plan.init_from)
 
 
 def backfill_history(tracker: Tracker, run_id: str, latest: Path | None) -> set[int]:
@@ -118,34 +153,37 @@ def backfill_history(tracker: Tracker, run_id: str, latest: Path | None) -> set[
 
 def run_supernet_stage(config: RaynasConfig, tracker: Tracker | None = None) -> dict[str, Any]:
     """Train (or finish training) the supernet of `config`; returns the stage result."""
-    run_dir = config.run_path
-    done = read_result(run_dir)
-    if done is not None and done["epochs"] >= config.supernet.epochs:
+    return run_training_stage(config, supernet_plan(config), tracker)
+
+
+def run_training_stage(
+    config: RaynasConfig, plan: TrainingPlan, tracker: Tracker | None = None
+) -> dict[str, Any]:
+    """Run (or finish) the training stage `plan` on Ray Train; returns the stage result."""
+    run_dir, stage = config.run_path, plan.stage
+    done = read_result(run_dir, stage)
+    if done is not None and done["epochs"] >= plan.train.epochs:
         print(
-            f"[supernet] already trained for {done['epochs']} epochs in {stage_dir(run_dir)}; skipping",
+            f"[{stage}] already trained for {done['epochs']} epochs in {stage_dir(run_dir, stage)}; "
+            "skipping",
             flush=True,
         )
         return done
-    preflight(config)
+    preflight(config, plan)
     owns_tracker = tracker is None  # then this stage is the whole run and closes the parent run too
     tracker = tracker or Tracker(
         tracking_uri(config.tracking.uri, run_dir), config.tracking.experiment, run_dir, config.name
     )
-    run_id = tracker.stage_run(STAGE)
+    run_id = tracker.stage_run(stage)
     tracker.log_params(tracker.parent_run_id, flatten(config.model_dump(mode="json")))
-    tracker.log_params(
-        run_id,
-        flatten(
-            {k: config.model_dump(mode="json")[k] for k in ("seed", "data", "space", "supernet")}
-        ),
-    )
-    logged = backfill_history(tracker, run_id, latest_checkpoint(run_dir))
+    tracker.log_params(run_id, flatten(plan.params))
+    logged = backfill_history(tracker, run_id, latest_checkpoint(run_dir, stage))
     local = ensure_ray(config.ray)
-    resources = config.supernet.resources
-    check_fits(resources, STAGE, local)
+    resources = plan.resources
+    check_fits(resources, stage, local)
 
     spec = WorkerSpec(
-        train=config.supernet,
+        train=plan.train,
         data=config.data,
         space={
             "family": config.family,
@@ -154,23 +192,25 @@ def run_supernet_stage(config: RaynasConfig, tracker: Tracker | None = None) -> 
         },
         seed=config.seed,
         run_dir=str(Path(run_dir).resolve()),
+        stage=stage,
+        init_from=plan.init_from,
+        mole=plan.mole,
+        group_init_steps=plan.group_init_steps,
+        freeze_base=plan.freeze_base,
     )
-    per_worker = {"CPU": resources.cpus_per_worker, **resources.custom}
-    if resources.gpus_per_worker:
-        per_worker["GPU"] = resources.gpus_per_worker
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"spec": spec},
         scaling_config=ScalingConfig(
             num_workers=resources.workers,
             use_gpu=resources.gpus_per_worker > 0,
-            resources_per_worker=per_worker,
+            resources_per_worker=worker_resources(resources),
             accelerator_type=resources.accelerator_type,
         ),
         run_config=RunConfig(
-            name=STAGE,
+            name=stage,
             storage_path=str(Path(run_dir).resolve()),
-            failure_config=FailureConfig(max_failures=config.supernet.max_failures),
+            failure_config=FailureConfig(max_failures=plan.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=None),
             callbacks=[EpochLogger(tracker.uri, run_id, logged)],
         ),
@@ -185,7 +225,7 @@ def run_supernet_stage(config: RaynasConfig, tracker: Tracker | None = None) -> 
         if user_error is not None:
             raise user_error from None
         raise
-    latest = latest_checkpoint(run_dir)
+    latest = latest_checkpoint(run_dir, stage)
     meta = ckpt.load_meta(latest)
     outcome = {
         "epochs": meta["epoch"],
@@ -194,15 +234,23 @@ def run_supernet_stage(config: RaynasConfig, tracker: Tracker | None = None) -> 
         "metrics": result.metrics,
         "mlflow_run_id": run_id,
     }
-    tmp = stage_dir(run_dir) / (RESULT + ".tmp")
+    tmp = stage_dir(run_dir, stage) / (RESULT + ".tmp")
     tmp.write_text(json.dumps(outcome, indent=2))
-    tmp.replace(stage_dir(run_dir) / RESULT)
+    tmp.replace(stage_dir(run_dir, stage) / RESULT)
     tracker.client.log_artifacts(run_id, str(latest), artifact_path="checkpoint")
-    tracker.client.log_artifact(run_id, str(stage_dir(run_dir) / RESULT))
+    tracker.client.log_artifact(run_id, str(stage_dir(run_dir, stage) / RESULT))
     tracker.finish(run_id, ok=True)
     if owns_tracker:
         tracker.finish(tracker.parent_run_id, ok=True)
     return outcome
+
+
+def worker_resources(resources: Resources) -> dict[str, float]:
+    """Ray Train's per-worker resources (the accelerator type goes to ScalingConfig)."""
+    per_worker = {"CPU": resources.cpus_per_worker, **resources.custom}
+    if resources.gpus_per_worker:
+        per_worker["GPU"] = resources.gpus_per_worker
+    return per_worker
 
 
 def _user_error_in(exc: BaseException) -> UserInputError | None:

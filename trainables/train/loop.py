@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from search_spaces import arch_id, build_space
 from trainables.data import DataConfig, load_splits
 from trainables.errors import DataError
+from trainables.supernets import base_of, build_supernet
 from trainables.train import checkpoint as ckpt
 from trainables.train.config import SupernetTrainConfig
 from trainables.train.sampling import eval_archs, step_archs
@@ -41,6 +42,11 @@ class WorkerSpec:
     space: dict[str, Any] = field(default_factory=dict)  # build_space(family, preset, overrides)
     seed: int = 0
     run_dir: str = "."  # local run directory, for the arch logs and the failure-injection marker
+    stage: str = "supernet"  # the stage's folder in the run directory; names the progress lines
+    init_from: str | None = None  # checkpoint folder whose weights start the (base) supernet
+    mole: dict[str, Any] | None = None  # TAS-LoRA: MoLE spec; None trains the plain supernet
+    group_init_steps: int = 0  # TAS-LoRA: group-wise router initialisation before training
+    freeze_base: bool = True  # TAS-LoRA: train only experts and router
 
     def build_space(self):
         return build_space(
@@ -139,8 +145,8 @@ def train_worker(config: dict[str, Any]) -> None:
 
     torch.manual_seed(spec.seed)  # identical initial weights on every rank
     space = spec.build_space()
-    supernet = space.build_supernet()
-    splits = load_splits(spec.data, ("train", "val"), purpose="supernet")
+    supernet = build_supernet(space, spec.mole)
+    splits = load_splits(spec.data, ("train", "val"), purpose=spec.stage)
     check_data_fits_space(splits, space)
     if cfg.batch_size < world:
         raise ValueError(
@@ -170,6 +176,17 @@ def train_worker(config: dict[str, Any]) -> None:
             history = ckpt.load_meta(folder)["history"]
         start_epoch = int(state["epoch"]) + 1
         torch.set_rng_state(state["torch_rng"])
+    elif spec.init_from is not None:
+        ckpt.load_into(base_of(supernet), spec.init_from)
+        if spec.mole is not None and spec.group_init_steps > 0:
+            from search_spaces.vit.mole import group_init
+
+            # same seed on every rank: identical routers without communication
+            fit = group_init(supernet, space, steps=spec.group_init_steps, seed=spec.seed)
+            if rank == 0:
+                print(f"[{spec.stage}] group-wise router initialisation: {fit}", flush=True)
+    if spec.mole is not None:
+        supernet.freeze_base(spec.freeze_base)
     model = ray.train.torch.prepare_model(
         supernet, parallel_strategy_kwargs={"find_unused_parameters": True}
     )
@@ -199,7 +216,7 @@ def train_worker(config: dict[str, Any]) -> None:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            archs = step_archs(space, cfg.sampling, spec.seed, epoch, step)
+            archs = step_archs(space, cfg.sampling, spec.seed, epoch, step, purpose=spec.stage)
             if arch_log is not None:
                 arch_log.write(
                     json.dumps({"epoch": epoch, "step": step, "archs": [arch_id(a) for a in archs]})
@@ -254,7 +271,7 @@ def train_worker(config: dict[str, Any]) -> None:
         history = [h for h in history if h["epoch"] < epoch] + [metrics]
 
         if rank == 0:
-            print(_progress_line(metrics, cfg.epochs), flush=True)
+            print(_progress_line(metrics, cfg.epochs, spec.stage), flush=True)
         keep = epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs
         if keep and rank == 0:
             with tempfile.TemporaryDirectory() as folder:
@@ -286,14 +303,14 @@ def train_worker(config: dict[str, Any]) -> None:
         arch_log.close()
 
 
-def _progress_line(metrics: dict[str, Any], epochs: int) -> str:
+def _progress_line(metrics: dict[str, Any], epochs: int, stage: str = "supernet") -> str:
     vals = "  ".join(
         f"{k.removeprefix('val_top1_')} {v:.1f}"
         for k, v in metrics.items()
         if k.startswith("val_top1_") and not k.endswith("mean")
     )
     return (
-        f"[supernet] epoch {metrics['epoch']}/{epochs}  loss {metrics['train_loss']:.4f}  "
+        f"[{stage}] epoch {metrics['epoch']}/{epochs}  loss {metrics['train_loss']:.4f}  "
         f"{metrics['images_per_s']:.0f} img/s  val top-1: {vals}"
     )
 
@@ -301,7 +318,7 @@ def _progress_line(metrics: dict[str, Any], epochs: int) -> str:
 def _arch_log(spec: WorkerSpec, rank: int):
     if not spec.train.record_archs:
         return None
-    folder = Path(spec.run_dir) / "supernet" / "archs"
+    folder = Path(spec.run_dir) / spec.stage / "archs"
     folder.mkdir(parents=True, exist_ok=True)
     return open(folder / f"rank{rank}.jsonl", "a")
 
@@ -310,7 +327,7 @@ def _maybe_fail(spec: WorkerSpec, epoch: int, step: int, rank: int) -> None:
     hook = spec.train.inject_failure
     if hook is None or (hook.epoch, hook.step, hook.rank) != (epoch, step, rank):
         return
-    marker = Path(spec.run_dir) / "supernet" / ".failure_injected"
+    marker = Path(spec.run_dir) / spec.stage / ".failure_injected"
     if marker.exists():
         return
     marker.parent.mkdir(parents=True, exist_ok=True)

@@ -19,10 +19,18 @@ def step_rng(seed: int, epoch: int, step: int, purpose: str = "train") -> random
 
 
 def step_archs(
-    space: SearchSpace, rule: Literal["uniform", "sandwich"], seed: int, epoch: int, step: int
+    space: SearchSpace,
+    rule: Literal["uniform", "sandwich"],
+    seed: int,
+    epoch: int,
+    step: int,
+    purpose: str = "train",
 ) -> list[Any]:
-    """The archs trained at `(epoch, step)`: one sampled arch, or largest + smallest + sampled."""
-    sampled = space.sample(step_rng(seed, epoch, step))
+    """The archs trained at `(epoch, step)`: one sampled arch, or largest + smallest + sampled.
+
+    `purpose` separates the streams of different training stages (supernet, mole)."""
+    purpose = "train" if purpose == "supernet" else purpose  # the supernet's historical stream
+    sampled = space.sample(step_rng(seed, epoch, step, purpose))
     if rule == "sandwich":
         return [space.largest(), space.smallest(), sampled]
     return [sampled]
