@@ -54,7 +54,6 @@ def next_commands(config: RaynasConfig) -> list[str]:
 
 def render(config: RaynasConfig) -> str:
     run_dir = config.run_path
-    trained = supernet_stage.read_result(run_dir)
     searched = search_stage.read_result(run_dir)
     exported = export_stage.read_summary(run_dir)
     if searched is None or exported is None:
@@ -90,7 +89,10 @@ def render(config: RaynasConfig) -> str:
         f"{searched['hypervolume'] / 1e6:.1f}",
         f"- study `{searched['study']}` in `{searched['storage']}`; every candidate in `archive.parquet`",
     ]
-    if trained is not None:
+    for stage, title in (("supernet", "Supernet"), ("mole", "MoLE experts and router (TAS-LoRA)")):
+        trained = supernet_stage.read_result(run_dir, stage)
+        if trained is None:
+            continue
         last = trained["history"][-1]
         probes = ", ".join(
             f"{k.removeprefix('val_top1_')} {v:.1f}%"
@@ -99,7 +101,7 @@ def render(config: RaynasConfig) -> str:
         )
         lines += [
             "",
-            "## Supernet",
+            f"## {title}",
             "",
             f"- {trained['epochs']} epochs ({config.supernet.sampling} sampling), "
             f"checkpoint `{trained['checkpoint']}`",
