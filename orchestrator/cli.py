@@ -357,6 +357,50 @@ def report(run_dir: RunDirArg) -> None:
     out.print(f"wrote {path}", highlight=False)
 
 
+# ---------------------------------------------------------------------------------- analyze
+analyze_app = typer.Typer(help="Analyses of a finished run directory.", no_args_is_help=True)
+app.add_typer(analyze_app, name="analyze")
+
+
+@analyze_app.command("collapse")
+def analyze_collapse(
+    run_dir: RunDirArg,
+    subnets: Annotated[
+        int, typer.Option(help="Subnets compared (smallest, largest and random draws).")
+    ] = 8,
+    probe: Annotated[int, typer.Option(help="Val images the features are taken on.")] = 512,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of the subnet draws (default: the run's seed).")
+    ] = None,
+    supernet: Annotated[
+        Path | None,
+        typer.Option(help="Supernet checkpoint folder, supernet.pt, or a run directory."),
+    ] = None,
+) -> None:
+    """Feature collapse: pairwise linear CKA (and cosine where widths match) of the pre-logits
+    features of sampled subnets on a fixed probe set of val images.
+
+    Writes `RUN_DIR/analysis/collapse/cka.json` and `cka.png` and logs them to a nested MLflow
+    run `analyze-collapse`. Needs no Ray.
+    """
+    from orchestrator.analysis.collapse import analyze_collapse as analyze
+
+    with err.status(f"computing features of {subnets} subnets on {probe} val images ..."):
+        result = analyze(run_dir, subnets=subnets, probe=probe, seed=seed, supernet=supernet)
+
+    def shown(value: float | None) -> str:
+        return "n/a (no two subnets of equal width)" if value is None else f"{value:.4f}"
+
+    out.print(
+        f"{len(result['arch_ids'])} subnets of {result['run_name']} on {probe} val images "
+        f"({result['supernet']['class']}, {result['supernet']['checkpoint']})",
+        highlight=False,
+    )
+    out.print(f"mean off-diagonal linear CKA: {shown(result['mean_cka'])}", highlight=False)
+    out.print(f"mean off-diagonal cosine:     {shown(result['mean_cosine'])}", highlight=False)
+    out.print(f"wrote {result['path']} (cka.json, cka.png)", highlight=False)
+
+
 def main() -> None:
     try:
         app()

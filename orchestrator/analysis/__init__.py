@@ -1,0 +1,1 @@
+"""Analyses of a finished run directory (`raynas analyze ...`); no Ray needed."""
