@@ -23,6 +23,9 @@ Module and parameter names follow timm's ``VisionTransformer`` (``patch_embed.pr
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from timm.layers import drop_path, trunc_normal_
@@ -36,6 +39,13 @@ from search_spaces.vit.timm_model import build_timm_vit
 
 _LN_EPS = 1e-6  # timm's ViT LayerNorm eps
 
+WeightHook = Callable[[int, str, torch.Tensor], torch.Tensor]
+"""``hook(block, name, weight) -> weight``: replaces the weight slice that block ``block``'s
+linear ``name`` (``"qkv"``, ``"proj"``, ``"fc1"``, ``"fc2"``) uses, in the supernet's layout
+(qkv rows head-major). TAS-LoRA (``mole.py``) adds its merged expert deltas this way."""
+
+_BlockHook = Callable[[str, torch.Tensor], torch.Tensor]
+
 
 def _lead(tensor: torch.Tensor, n: int) -> torch.Tensor:
     """Leading ``[:n]`` view; the parameter itself when nothing is cut away, which spares
@@ -43,12 +53,21 @@ def _lead(tensor: torch.Tensor, n: int) -> torch.Tensor:
     return tensor if n == tensor.shape[0] else tensor[:n]
 
 
-def _linear(x: torch.Tensor, layer: nn.Linear, out_features: int) -> torch.Tensor:
+def _linear(
+    x: torch.Tensor,
+    layer: nn.Linear,
+    out_features: int,
+    hook: _BlockHook | None = None,
+    name: str = "",
+) -> torch.Tensor:
     """``layer`` restricted to its first ``out_features`` outputs and ``x.shape[-1]`` inputs,
-    on views of its parameters (BLAS takes the strided weight as is; no copy)."""
+    on views of its parameters (BLAS takes the strided weight as is; no copy). ``hook``, if
+    given, maps that weight slice to the weight actually used (see :data:`WeightHook`)."""
     weight, in_features = layer.weight, x.shape[-1]
     if out_features != weight.shape[0] or in_features != weight.shape[1]:
         weight = weight[:out_features, :in_features]
+    if hook is not None:
+        weight = hook(name, weight)
     return F.linear(x, weight, _lead(layer.bias, out_features))
 
 
@@ -61,14 +80,14 @@ class _Attention(nn.Module):
         self.qkv = nn.Linear(embed_dim, 3 * max_heads * head_dim)
         self.proj = nn.Linear(max_heads * head_dim, embed_dim)
 
-    def forward(self, x: torch.Tensor, heads: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, heads: int, hook: _BlockHook | None = None) -> torch.Tensor:
         b, n, e = x.shape
         a = heads * self.head_dim
-        qkv = _linear(x, self.qkv, 3 * a)
+        qkv = _linear(x, self.qkv, 3 * a, hook, "qkv")
         q, k, v = qkv.view(b, n, heads, 3, self.head_dim).permute(3, 0, 2, 1, 4).unbind(0)
         x = F.scaled_dot_product_attention(q, k, v)
         x = x.transpose(1, 2).reshape(b, n, a)
-        return _linear(x, self.proj, e)
+        return _linear(x, self.proj, e, hook, "proj")
 
 
 class _Mlp(nn.Module):
@@ -77,9 +96,10 @@ class _Mlp(nn.Module):
         self.fc1 = nn.Linear(embed_dim, hidden_dim)
         self.fc2 = nn.Linear(hidden_dim, embed_dim)
 
-    def forward(self, x: torch.Tensor, hidden: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, hidden: int, hook: _BlockHook | None = None) -> torch.Tensor:
         e = x.shape[-1]
-        return _linear(F.gelu(_linear(x, self.fc1, hidden)), self.fc2, e)
+        x = F.gelu(_linear(x, self.fc1, hidden, hook, "fc1"))
+        return _linear(x, self.fc2, e, hook, "fc2")
 
 
 def _layer_norm(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
@@ -97,11 +117,18 @@ class _Block(nn.Module):
         self.norm2 = nn.LayerNorm(embed_dim, eps=_LN_EPS)
         self.mlp = _Mlp(embed_dim, hidden_dim)
 
-    def forward(self, x: torch.Tensor, heads: int, hidden: int, drop_rate: float) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        heads: int,
+        hidden: int,
+        drop_rate: float,
+        hook: _BlockHook | None = None,
+    ) -> torch.Tensor:
         training = self.training and drop_rate > 0.0
-        y = self.attn(_layer_norm(x, self.norm1), heads)
+        y = self.attn(_layer_norm(x, self.norm1), heads, hook)
         x = x + (drop_path(y, drop_rate, True) if training else y)
-        y = self.mlp(_layer_norm(x, self.norm2), hidden)
+        y = self.mlp(_layer_norm(x, self.norm2), hidden, hook)
         return x + (drop_path(y, drop_rate, True) if training else y)
 
 
@@ -152,12 +179,20 @@ class ViTSupernet(Supernet):
             rate *= arch.embed_dim / self.config.max_embed_dim
         return rate
 
-    def forward(self, x: torch.Tensor, arch: ViTArch) -> torch.Tensor:
-        return _linear(self.forward_features(x, arch), self.head, self.config.num_classes)
+    def forward(
+        self, x: torch.Tensor, arch: ViTArch, *, weight_hook: WeightHook | None = None
+    ) -> torch.Tensor:
+        features = self.forward_features(x, arch, weight_hook=weight_hook)
+        return _linear(features, self.head, self.config.num_classes)
 
-    def forward_features(self, x: torch.Tensor, arch: ViTArch) -> torch.Tensor:
+    def forward_features(
+        self, x: torch.Tensor, arch: ViTArch, *, weight_hook: WeightHook | None = None
+    ) -> torch.Tensor:
         """Pre-logits features ``(B, embed_dim)``: the final-normed class token (what timm's
-        ``forward_head(..., pre_logits=True)`` returns), e.g. for feature-collapse analysis."""
+        ``forward_head(..., pre_logits=True)`` returns), e.g. for feature-collapse analysis.
+
+        ``weight_hook`` (see :data:`WeightHook`) lets a wrapper change the blocks' linear
+        weights for this call, e.g. TAS-LoRA's merged experts; ``None`` runs the plain subnet."""
         validate_vit_arch(arch, self.config)
         e = arch.embed_dim
         proj = self.patch_embed.proj
@@ -172,16 +207,20 @@ class ViTSupernet(Supernet):
         )
         for i in range(arch.depth):
             hidden = mlp_hidden_dim(e, arch.mlp_ratio[i])
-            x = self.blocks[i](x, arch.num_heads[i], hidden, rates[i])
+            hook = None if weight_hook is None else functools.partial(weight_hook, i)
+            x = self.blocks[i](x, arch.num_heads[i], hidden, rates[i], hook)
         # LayerNorm is per token and only the class token is pooled: normalise just that one.
         return _layer_norm(x[:, 0], self.norm)
 
     @torch.no_grad()
-    def extract(self, arch: ViTArch) -> nn.Module:
+    def extract(self, arch: ViTArch, *, weight_hook: WeightHook | None = None) -> nn.Module:
         """A timm ``VisionTransformer`` holding copies of ``arch``'s weight slices.
 
         It is on the supernet's device and dtype, in the supernet's train/eval mode, and has
-        the drop-path rates ``arch`` gets inside the supernet.
+        the drop-path rates ``arch`` gets inside the supernet. ``weight_hook`` is applied to the
+        blocks' linear weights (head-major qkv) before they are copied, exactly as in
+        :meth:`forward_features`, so ``extract(a, weight_hook=h)`` equals
+        ``forward(x, a, weight_hook=h)``.
         """
         validate_vit_arch(arch, self.config)
         ref = self.head.weight
@@ -195,11 +234,14 @@ class ViTSupernet(Supernet):
             device="meta",
             dtype=ref.dtype,
         ).to_empty(device=ref.device)
-        model.load_state_dict(self._subnet_state_dict(arch), strict=True)
+        model.load_state_dict(self._subnet_state_dict(arch, weight_hook), strict=True)
         return model.train(self.training)
 
-    def _subnet_state_dict(self, arch: ViTArch) -> dict[str, torch.Tensor]:
-        """The subnet's weights under timm's parameter names and layouts (copies)."""
+    def _subnet_state_dict(
+        self, arch: ViTArch, weight_hook: WeightHook | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The subnet's weights under timm's parameter names and layouts (views or, where
+        ``weight_hook`` changed them, new tensors)."""
         e, hd = arch.embed_dim, self.config.head_dim
         state = {
             "patch_embed.proj.weight": self.patch_embed.proj.weight[:e],
@@ -215,8 +257,16 @@ class ViTSupernet(Supernet):
             blk, heads = self.blocks[i], arch.num_heads[i]
             a, h = heads * hd, mlp_hidden_dim(e, arch.mlp_ratio[i])
             p = f"blocks.{i}."
+            weights = {
+                "qkv": blk.attn.qkv.weight[: 3 * a, :e],
+                "proj": blk.attn.proj.weight[:e, :a],
+                "fc1": blk.mlp.fc1.weight[:h, :e],
+                "fc2": blk.mlp.fc2.weight[:e, :h],
+            }
+            if weight_hook is not None:
+                weights = {name: weight_hook(i, name, w) for name, w in weights.items()}
             # head-major [q_j k_j v_j]_j rows -> timm's [q_0..q_H | k_0..k_H | v_0..v_H] rows
-            qkv_w = blk.attn.qkv.weight[: 3 * a, :e].reshape(heads, 3, hd, e).transpose(0, 1)
+            qkv_w = weights["qkv"].reshape(heads, 3, hd, e).transpose(0, 1)
             qkv_b = blk.attn.qkv.bias[: 3 * a].reshape(heads, 3, hd).transpose(0, 1)
             state.update(
                 {
@@ -224,13 +274,13 @@ class ViTSupernet(Supernet):
                     p + "norm1.bias": blk.norm1.bias[:e],
                     p + "attn.qkv.weight": qkv_w.reshape(3 * a, e),
                     p + "attn.qkv.bias": qkv_b.reshape(3 * a),
-                    p + "attn.proj.weight": blk.attn.proj.weight[:e, :a],
+                    p + "attn.proj.weight": weights["proj"],
                     p + "attn.proj.bias": blk.attn.proj.bias[:e],
                     p + "norm2.weight": blk.norm2.weight[:e],
                     p + "norm2.bias": blk.norm2.bias[:e],
-                    p + "mlp.fc1.weight": blk.mlp.fc1.weight[:h, :e],
+                    p + "mlp.fc1.weight": weights["fc1"],
                     p + "mlp.fc1.bias": blk.mlp.fc1.bias[:h],
-                    p + "mlp.fc2.weight": blk.mlp.fc2.weight[:e, :h],
+                    p + "mlp.fc2.weight": weights["fc2"],
                     p + "mlp.fc2.bias": blk.mlp.fc2.bias[:e],
                 }
             )
