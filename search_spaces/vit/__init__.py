@@ -1,4 +1,4 @@
-"""The ViT family (AutoFormer, and the base of TAS-LoRA): space, supernet, timm extraction.
+"""The ViT family (AutoFormer, and TAS-LoRA): space, supernet, MoLE supernet, timm extraction.
 
 Importing this package registers the family as ``"vit"`` with the presets of ``presets.py``.
 """
@@ -6,6 +6,14 @@ Importing this package registers the family as ``"vit"`` with the presets of ``p
 from search_spaces.registry import register_family
 from search_spaces.vit.arch import ViTArch
 from search_spaces.vit.config import ViTSpaceConfig
+from search_spaces.vit.mole import (
+    ArchRouter,
+    MoleSpec,
+    MoleViTSupernet,
+    build_mole_supernet,
+    group_init,
+    group_labels,
+)
 from search_spaces.vit.presets import DEFAULT_PRESET, PRESETS
 from search_spaces.vit.space import ViTSpace
 from search_spaces.vit.supernet import ViTSupernet
@@ -19,4 +27,17 @@ register_family(
     summary="AutoFormer ViT: embed width, depth, per-block heads and MLP ratio",
 )
 
-__all__ = ["PRESETS", "ViTArch", "ViTSpace", "ViTSpaceConfig", "ViTSupernet", "build_timm_vit"]
+__all__ = [
+    "PRESETS",
+    "ArchRouter",
+    "MoleSpec",
+    "MoleViTSupernet",
+    "ViTArch",
+    "ViTSpace",
+    "ViTSpaceConfig",
+    "ViTSupernet",
+    "build_mole_supernet",
+    "build_timm_vit",
+    "group_init",
+    "group_labels",
+]
