@@ -1,9 +1,10 @@
 """MLflow tracking: one parent run per pipeline run, one nested run per stage.
 
-The default store is an embedded SQLite file in the run directory; any `http(s)://` tracking
-server works. Run ids live in `<run>/tracking.json`, so a resumed stage logs into the run it
-started. Training metrics reach MLflow from rank 0 only, through a Ray Train callback in the
-Train controller (see `stages/supernet.py`).
+The default store is an embedded SQLite file in the run directory, with its artifacts in
+`<run>/mlartifacts`; any `http(s)://` tracking server works. Run ids live in
+`<run>/tracking.json`, so a resumed stage logs into the run it started. Training metrics reach
+MLflow from rank 0 only, through a Ray Train callback in the Train controller (see
+`stages/supernet.py`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from orchestrator.errors import UserInputError
 
 TRACKING_FILE = "tracking.json"
+ARTIFACTS_DIR = "mlartifacts"  # the embedded store's artifacts, beside <run>/mlflow.db
 REACH_TIMEOUT_S = 5.0
 
 
@@ -79,7 +81,11 @@ class Tracker:
         try:
             found = self.client.get_experiment_by_name(experiment)
             self.experiment_id = (
-                found.experiment_id if found else self.client.create_experiment(experiment)
+                found.experiment_id
+                if found
+                else self.client.create_experiment(
+                    experiment, artifact_location=self._artifact_location()
+                )
             )
         except Exception as exc:  # any store/server failure here is a setup problem of the user's
             raise TrackingError(
@@ -94,6 +100,13 @@ class Tracker:
             )
             self.state = {"parent": run.info.run_id, "stages": {}}
             self._write_state()
+
+    def _artifact_location(self) -> str | None:
+        """The embedded store keeps its artifacts in the run directory too; MLflow's default,
+        `./mlruns` under the current directory, is a throwaway copy under `ray job submit`."""
+        if self.uri != tracking_uri(None, str(self.run_dir)):
+            return None  # a server or a shared store decides
+        return (self.run_dir.resolve() / ARTIFACTS_DIR).as_uri()
 
     @property
     def parent_run_id(self) -> str:
