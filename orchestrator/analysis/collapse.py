@@ -78,7 +78,7 @@ def load_final_supernet(config: RaynasConfig, supernet: str | Path | None = None
     from orchestrator.stages.search import resolve_checkpoint
     from trainables.supernets import load_supernet
 
-    space = build_space(config.family, config.space.preset, dict(config.space.overrides))
+    space = build_space(**config.space_spec)
     folder = resolve_checkpoint(config, supernet)
     model = load_supernet(space, folder, mole_spec(config))
     return FinalSupernet(space, model.eval(), Path(folder))

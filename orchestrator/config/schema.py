@@ -325,6 +325,15 @@ class RunConfig(Strict):
         return self.space.family or METHOD_FAMILY[self.method]
 
     @property
+    def space_spec(self) -> dict[str, Any]:
+        """``search_spaces.build_space(family, preset, overrides)``'s arguments, as plain data."""
+        return {
+            "family": self.family,
+            "preset": self.space.preset,
+            "overrides": dict(self.space.overrides),
+        }
+
+    @property
     def stage_names(self) -> tuple[str, ...]:
         return tuple(self.stages) if self.stages is not None else METHOD_STAGES[self.method]
 

@@ -74,7 +74,7 @@ def run_export_stage(config: RaynasConfig, tracker: Tracker | None = None) -> di
     front = pareto_front(archive.rows, searched["objectives"])
     chosen = select(front, config.export.max_models)
 
-    space = build_space(config.family, config.space.preset, dict(config.space.overrides))
+    space = build_space(**config.space_spec)
     supernet = load_supernet(space, searched["checkpoint"], mole_stage.mole_spec(config))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = autocast_dtype(config.supernet.precision, device)

@@ -195,7 +195,7 @@ def run_search_stage(
         print(f"[search] already evaluated {done['evaluated']} candidates; skipping", flush=True)
         return done
 
-    space = build_space(config.family, config.space.preset, dict(config.space.overrides))
+    space = build_space(**config.space_spec)
     checkpoint = resolve_checkpoint(config, supernet)
     load_supernet(space, checkpoint, mole_stage.mole_spec(config))  # corrupt/mismatched: fail now
     metrics = metric_names(search.objectives)
@@ -301,11 +301,7 @@ def _tune(config: RaynasConfig, space: Any, checkpoint: Path, searcher: ArchSear
     spec = EvalSpec(
         checkpoint=str(checkpoint),
         data=config.data,
-        space={
-            "family": config.family,
-            "preset": config.space.preset,
-            "overrides": dict(config.space.overrides),
-        },
+        space=config.space_spec,
         batch_size=search.eval_batch_size,
         precision=config.supernet.precision,
         latency_batch_size=search.latency_batch_size if measure else None,

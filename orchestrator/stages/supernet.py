@@ -120,7 +120,7 @@ def latest_checkpoint(run_dir: str, stage: str = STAGE) -> Path | None:
 
 def preflight(config: RaynasConfig, plan: TrainingPlan) -> None:
     """Everything that can be checked on the driver, before any worker starts."""
-    space = build_space(config.family, config.space.preset, dict(config.space.overrides))
+    space = build_space(**config.space_spec)
     splits = load_splits(config.data, ("train", "val"), purpose=f"{plan.stage}-preflight")
     check_data_fits_space(splits, space)
     batch, workers = plan.train.batch_size, plan.resources.workers
@@ -185,11 +185,7 @@ def run_training_stage(
     spec = WorkerSpec(
         train=plan.train,
         data=config.data,
-        space={
-            "family": config.family,
-            "preset": config.space.preset,
-            "overrides": dict(config.space.overrides),
-        },
+        space=config.space_spec,
         seed=config.seed,
         run_dir=str(Path(run_dir).resolve()),
         stage=stage,
