@@ -98,6 +98,8 @@ def open_study(config: RaynasConfig, sampler: Any = None):
     import optuna
 
     url = storage_url(config)
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     try:
         storage = optuna.storages.RDBStorage(url)
     except Exception as exc:  # SQLAlchemy/driver errors: unreachable server, missing driver, ...
