@@ -21,53 +21,55 @@ from search_spaces.vit.config import ViTSpaceConfig
 
 _IMAGENET = {"img_size": 224, "patch_size": 16, "in_chans": 3, "num_classes": 1000, "head_dim": 64}
 
-PRESETS: Mapping[str, ViTSpaceConfig] = MappingProxyType({
-    "autoformer-tiny": ViTSpaceConfig(
-        **_IMAGENET,
-        embed_dims=(192, 216, 240),
-        depths=(12, 13, 14),
-        num_heads=(3, 4),
-        mlp_ratios=(3.5, 4.0),
-        supernet_embed_dim=256,
-    ),
-    "autoformer-small": ViTSpaceConfig(
-        **_IMAGENET,
-        embed_dims=(320, 384, 448),
-        depths=(12, 13, 14),
-        num_heads=(5, 6, 7),
-        mlp_ratios=(3.0, 3.5, 4.0),
-        supernet_embed_dim=448,
-    ),
-    "autoformer-base": ViTSpaceConfig(
-        **_IMAGENET,
-        embed_dims=(528, 576, 624),
-        depths=(14, 15, 16),
-        num_heads=(9, 10),
-        mlp_ratios=(3.0, 3.5, 4.0),
-        supernet_embed_dim=640,
-    ),
-    "vit-28": ViTSpaceConfig(
-        img_size=28,
-        patch_size=4,
-        in_chans=1,
-        num_classes=10,
-        head_dim=16,
-        embed_dims=(48, 64, 80),
-        depths=(3, 4, 5),
-        num_heads=(2, 3, 4),
-        mlp_ratios=(2.0, 3.0, 4.0),
-    ),
-    "vit-32": ViTSpaceConfig(
-        img_size=32,
-        patch_size=4,
-        in_chans=3,
-        num_classes=10,
-        head_dim=16,
-        embed_dims=(48, 60, 72),
-        depths=(2, 3, 4),
-        num_heads=(2, 3, 4),
-        mlp_ratios=(2.0, 3.0, 4.0),
-    ),
-})
+PRESETS: Mapping[str, ViTSpaceConfig] = MappingProxyType(
+    {
+        "autoformer-tiny": ViTSpaceConfig(
+            **_IMAGENET,
+            embed_dims=(192, 216, 240),
+            depths=(12, 13, 14),
+            num_heads=(3, 4),
+            mlp_ratios=(3.5, 4.0),
+            supernet_embed_dim=256,
+        ),
+        "autoformer-small": ViTSpaceConfig(
+            **_IMAGENET,
+            embed_dims=(320, 384, 448),
+            depths=(12, 13, 14),
+            num_heads=(5, 6, 7),
+            mlp_ratios=(3.0, 3.5, 4.0),
+            supernet_embed_dim=448,
+        ),
+        "autoformer-base": ViTSpaceConfig(
+            **_IMAGENET,
+            embed_dims=(528, 576, 624),
+            depths=(14, 15, 16),
+            num_heads=(9, 10),
+            mlp_ratios=(3.0, 3.5, 4.0),
+            supernet_embed_dim=640,
+        ),
+        "vit-28": ViTSpaceConfig(
+            img_size=28,
+            patch_size=4,
+            in_chans=1,
+            num_classes=10,
+            head_dim=16,
+            embed_dims=(48, 64, 80),
+            depths=(3, 4, 5),
+            num_heads=(2, 3, 4),
+            mlp_ratios=(2.0, 3.0, 4.0),
+        ),
+        "vit-32": ViTSpaceConfig(
+            img_size=32,
+            patch_size=4,
+            in_chans=3,
+            num_classes=10,
+            head_dim=16,
+            embed_dims=(48, 60, 72),
+            depths=(2, 3, 4),
+            num_heads=(2, 3, 4),
+            mlp_ratios=(2.0, 3.0, 4.0),
+        ),
+    }
+)
 
 DEFAULT_PRESET = "vit-28"
