@@ -29,10 +29,8 @@ import argparse
 import json
 import os
 import platform
-import random
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,41 +40,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.timing import interleaved, middle_arch  # noqa: E402
 from search_spaces import SearchSpace, arch_id, build_space  # noqa: E402
 from search_spaces.vit.mole import MoleSpec, MoleViTSupernet  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "mole_overhead.json"
 GOAL_TRAIN = 1.15
 GOAL_INFER = (0.98, 1.02)
-
-
-def middle_arch(space: SearchSpace, samples: int = 200, seed: int = 0) -> object:
-    """The seeded sample whose parameter count is closest to the space's midpoint."""
-    lo = space.cost(space.smallest())["params"]
-    hi = space.cost(space.largest())["params"]
-    rng = random.Random(seed)
-    archs = [space.sample(rng) for _ in range(samples)]
-    return min(archs, key=lambda a: abs(space.cost(a)["params"] - (lo + hi) / 2))
-
-
-def _timed(step: Callable[[], None]) -> float:
-    start = time.perf_counter()
-    step()
-    return time.perf_counter() - start
-
-
-def _interleaved(steps: dict[str, Callable[[], None]], repeats: int, warmup: int) -> dict:
-    """Times per variant, the variants run in a rotating order in every repeat."""
-    names = list(steps)
-    for _ in range(warmup):
-        for name in names:
-            steps[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for i in range(repeats):
-        k = i % len(names)
-        for name in names[k:] + names[:k]:
-            times[name].append(_timed(steps[name]))
-    return times
 
 
 def _mole(space: SearchSpace, spec: MoleSpec) -> MoleViTSupernet:
@@ -117,7 +87,7 @@ def train_case(
 
         return step
 
-    times = _interleaved({name: make_step(name) for name in nets}, repeats, warmup)
+    times = interleaved({name: make_step(name) for name in nets}, repeats, warmup)
     med = {name: statistics.median(t) for name, t in times.items()}
     best = {name: min(t) for name, t in times.items()}
     return {
@@ -151,7 +121,7 @@ def infer_case(
 
         return step
 
-    times = _interleaved({"merged": run(merged), "plain": run(plain)}, repeats, warmup)
+    times = interleaved({"merged": run(merged), "plain": run(plain)}, repeats, warmup)
     med = {name: statistics.median(t) for name, t in times.items()}
     return {
         "merged_ms": round(med["merged"] * 1e3, 3),

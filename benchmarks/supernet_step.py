@@ -27,11 +27,8 @@ import json
 import math
 import os
 import platform
-import random
 import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import timm
@@ -40,25 +37,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.timing import interleaved, middle_arch, timed  # noqa: E402
 from search_spaces import SearchSpace, arch_id, build_space  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "supernet_step.json"
 EPOCH_IMAGES = 55_000
-
-
-def middle_arch(space: SearchSpace, samples: int = 200, seed: int = 0) -> object:
-    """The seeded sample whose parameter count is closest to the space's midpoint."""
-    lo = space.cost(space.smallest())["params"]
-    hi = space.cost(space.largest())["params"]
-    rng = random.Random(seed)
-    archs = [space.sample(rng) for _ in range(samples)]
-    return min(archs, key=lambda a: abs(space.cost(a)["params"] - (lo + hi) / 2))
-
-
-def _timed(step: Callable[[], None]) -> float:
-    start = time.perf_counter()
-    step()
-    return time.perf_counter() - start
 
 
 def compare(space: SearchSpace, arch: object, batch: int, repeats: int, warmup: int) -> dict:
@@ -82,17 +65,8 @@ def compare(space: SearchSpace, arch: object, batch: int, repeats: int, warmup: 
         model.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()
 
-    for _ in range(warmup):
-        supernet_step()
-        timm_step()
-    sup, ref = [], []
-    for i in range(repeats):
-        if i % 2:
-            sup.append(_timed(supernet_step))
-            ref.append(_timed(timm_step))
-        else:
-            ref.append(_timed(timm_step))
-            sup.append(_timed(supernet_step))
+    times = interleaved({"timm": timm_step, "supernet": supernet_step}, repeats, warmup)
+    sup, ref = times["supernet"], times["timm"]
     sup_s, ref_s = statistics.median(sup), statistics.median(ref)
     cost = space.cost(arch)
     return {
@@ -126,7 +100,7 @@ def epoch_estimate(space: SearchSpace, batch: int, repeats: int, warmup: int) ->
 
     for _ in range(warmup):
         step()
-    step_s = statistics.median(_timed(step) for _ in range(repeats))
+    step_s = statistics.median(timed(step) for _ in range(repeats))
     return {
         "batch": batch,
         "step_ms": round(step_s * 1e3, 3),
