@@ -8,6 +8,7 @@ import yaml
 
 from orchestrator.config.schema import RunConfig
 from orchestrator.errors import UserInputError
+from orchestrator.files import write_text_atomic
 
 
 def prepare(config: RunConfig) -> Path:
@@ -18,7 +19,7 @@ def prepare(config: RunConfig) -> Path:
         )
     path = Path(config.run_path).resolve()
     path.mkdir(parents=True, exist_ok=True)
-    tmp = path / "config.yaml.tmp"
-    tmp.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    tmp.replace(path / "config.yaml")
+    write_text_atomic(
+        path / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    )
     return path

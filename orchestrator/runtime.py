@@ -47,11 +47,18 @@ def ensure_ray(config: RayConfig) -> bool:
     return _started_local
 
 
-def trial_resources(resources: Resources) -> dict[str, float]:
-    """Ray resources of one worker / trial: CPUs, (fractional) GPUs, accelerator type, custom."""
+def worker_resources(resources: Resources) -> dict[str, float]:
+    """Ray resources of one worker: CPUs, (fractional) GPUs, custom resources. (Ray Train takes
+    the accelerator type separately, in its ScalingConfig.)"""
     need: dict[str, float] = {"CPU": resources.cpus_per_worker, **resources.custom}
     if resources.gpus_per_worker:
         need["GPU"] = resources.gpus_per_worker
+    return need
+
+
+def trial_resources(resources: Resources) -> dict[str, float]:
+    """Ray resources of one Tune trial: `worker_resources` plus the accelerator type."""
+    need = worker_resources(resources)
     if resources.accelerator_type:
         need[f"accelerator_type:{resources.accelerator_type}"] = 0.001
     return need

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import UserInputError
+from orchestrator.files import write_json_atomic
 
 TRACKING_FILE = "tracking.json"
 ARTIFACTS_DIR = "mlartifacts"  # the embedded store's artifacts, beside <run>/mlflow.db
@@ -118,9 +119,7 @@ class Tracker:
 
     def _write_state(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.run_dir / (TRACKING_FILE + ".tmp")
-        tmp.write_text(json.dumps(self.state, indent=2))
-        tmp.replace(self.run_dir / TRACKING_FILE)
+        write_json_atomic(self.run_dir / TRACKING_FILE, self.state)
 
     def stage_run(self, stage: str) -> str:
         """The nested run of `stage` (created once, reopened on resume)."""
@@ -146,6 +145,16 @@ class Tracker:
         fresh = [Param(k, v) for k, v in params.items() if k not in existing]
         for start in range(0, len(fresh), 100):
             self.client.log_batch(run_id, params=fresh[start : start + 100])
+
+    def log_metrics(self, run_id: str, values: dict[str, float | None], step: int = 0) -> None:
+        """Log numeric `values` (None skipped) at `step` in one batch."""
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, step) for k, v in values.items() if v is not None]
+        self.client.log_batch(run_id, metrics=metrics)
 
     def finish(self, run_id: str, ok: bool) -> None:
         self.client.set_terminated(run_id, status="FINISHED" if ok else "FAILED")

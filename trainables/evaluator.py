@@ -48,7 +48,7 @@ class Evaluator:
         self.space = build_space(
             spec.space["family"], spec.space.get("preset"), spec.space.get("overrides") or {}
         )
-        self.device = device or _device()
+        self.device = device or default_device()
         self.dtype = autocast_dtype(spec.precision, self.device)
         supernet = load_supernet(self.space, spec.checkpoint, spec.mole)
         self.supernet = supernet.to(self.device).eval()
@@ -134,7 +134,8 @@ def _use_assigned_cpus() -> None:
         torch.set_num_threads(threads)
 
 
-def _device() -> torch.device:
+def default_device() -> torch.device:
+    """The first GPU Ray (or the user) made visible to this process, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 

@@ -24,7 +24,6 @@ written. Uses no Ray; the val split only.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -35,12 +34,14 @@ import torch
 
 from orchestrator.config.schema import RunConfig as RaynasConfig
 from orchestrator.errors import UserInputError
+from orchestrator.files import write_json_atomic
 from orchestrator.tracking import TRACKING_FILE, Tracker, flatten, tracking_uri
 from search_spaces import SearchSpace, Supernet, arch_id, build_space
 from search_spaces.base import arch_to_dict
 from trainables.analysis.cka import cosine_matrix, linear_cka_matrix, mean_off_diagonal
 from trainables.data import load_splits
 from trainables.data.splits import generator
+from trainables.evaluator import default_device
 
 ANALYSIS = "analyze-collapse"
 OUTPUT_DIR = ("analysis", "collapse")
@@ -201,12 +202,6 @@ def plot_heatmaps(
     return path
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=False))
-    tmp.replace(path)
-
-
 def analyze_collapse(
     run_dir: str | Path,
     subnets: int = DEFAULT_SUBNETS,
@@ -247,7 +242,7 @@ def analyze_collapse(
     positions = probe_indices(len(val), probe, config.data.split_seed)
     images, _ = val.batch(positions)
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     started = time.perf_counter()
     features = subnet_features(final.model, archs, images, config.search.eval_batch_size, device)
     cka = linear_cka_matrix(features)
@@ -297,7 +292,7 @@ def analyze_collapse(
     }
     json_path = out / RESULT_FILE
     png_path = out / PLOT_FILE
-    _write_json(json_path, result)
+    write_json_atomic(json_path, result, allow_nan=False)
     title = f"{config.name}: {subnets} subnets on {probe} val images"
     plot_heatmaps(labels, result["cka"], result["cosine"], png_path, title)
 

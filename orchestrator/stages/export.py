@@ -21,13 +21,14 @@ import torch
 
 from orchestrator.config.schema import RunConfig as RaynasConfig
 from orchestrator.errors import UserInputError
+from orchestrator.files import write_json_atomic
 from orchestrator.search.archive import ARCHIVE_FILE, Archive
-from orchestrator.search.pareto import pareto_front
 from orchestrator.stages import mole as mole_stage
 from orchestrator.stages import search as search_stage
 from orchestrator.tracking import Tracker, tracking_uri
 from search_spaces import build_space
 from trainables.data import load_splits
+from trainables.evaluator import default_device
 from trainables.supernets import load_supernet
 from trainables.train.loop import autocast_dtype, evaluate
 
@@ -71,12 +72,12 @@ def run_export_stage(config: RaynasConfig, tracker: Tracker | None = None) -> di
             "(`raynas run CONFIG` or `raynas search CONFIG`)"
         )
     archive = Archive.load(Path(run_dir).resolve() / ARCHIVE_FILE)
-    front = pareto_front(archive.rows, searched["objectives"])
+    front = [archive.get(aid) for aid in searched["front"]]  # cheapest first, as searched
     chosen = select(front, config.export.max_models)
 
     space = build_space(**config.space_spec)
     supernet = load_supernet(space, searched["checkpoint"], mole_stage.mole_spec(config))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     dtype = autocast_dtype(config.supernet.precision, device)
     splits = load_splits(config.data, ("val", "test"), purpose="export")
     val, test = splits.split("val"), splits.split("test")
@@ -98,25 +99,9 @@ def run_export_stage(config: RaynasConfig, tracker: Tracker | None = None) -> di
         aid = row["arch_id"]
         model = supernet.extract(arch).to(device).eval()
         started = time.time()
-        with torch.no_grad():
-            v_correct, _ = evaluate(
-                _Plain(model),
-                arch,
-                val,
-                list(range(len(val))),
-                config.search.eval_batch_size,
-                device,
-                dtype,
-            )
-            t_correct, t_loss = evaluate(
-                _Plain(model),
-                arch,
-                test,
-                list(range(len(test))),
-                config.search.eval_batch_size,
-                device,
-                dtype,
-            )
+        batch = config.search.eval_batch_size
+        v_correct, _ = _correct_and_loss(model, val, batch, device, dtype)
+        t_correct, t_loss = _correct_and_loss(model, test, batch, device, dtype)
         entry = {
             "arch_id": aid,
             "arch": json.loads(row["arch"]),
@@ -163,20 +148,9 @@ def run_export_stage(config: RaynasConfig, tracker: Tracker | None = None) -> di
             flush=True,
         )
     summary = {"models": models, "front_size": len(front), "test_images": len(test)}
-    tmp = root / (SUMMARY + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(root / SUMMARY)
+    write_json_atomic(root / SUMMARY, summary)
     best = max(models, key=lambda m: m["test_top1"])
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    tracker.client.log_batch(
-        run_id,
-        metrics=[
-            Metric("best_test_top1", best["test_top1"], now, 0),
-            Metric("exported", len(models), now, 0),
-        ],
-    )
+    tracker.log_metrics(run_id, {"best_test_top1": best["test_top1"], "exported": len(models)})
     tracker.client.log_artifact(run_id, str(root / SUMMARY))
     tracker.finish(run_id, ok=True)
     if owns_tracker:
@@ -193,6 +167,12 @@ def _pickle_format() -> dict[str, str]:
 
     params = inspect.signature(mlflow.pytorch.log_model).parameters
     return {"serialization_format": "pickle"} if "serialization_format" in params else {}
+
+
+def _correct_and_loss(model, dataset, batch, device, dtype) -> tuple[float, float]:
+    """(correct, summed loss) of a standalone model over a whole split."""
+    indices = list(range(len(dataset)))
+    return evaluate(_Plain(model), None, dataset, indices, batch, device, dtype)
 
 
 class _Plain(torch.nn.Module):

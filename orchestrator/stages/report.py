@@ -7,6 +7,7 @@ from typing import Any
 
 from orchestrator.config.schema import RunConfig as RaynasConfig
 from orchestrator.errors import UserInputError
+from orchestrator.files import write_text_atomic
 from orchestrator.stages import export as export_stage
 from orchestrator.stages import search as search_stage
 from orchestrator.stages import supernet as supernet_stage
@@ -113,10 +114,7 @@ def render(config: RaynasConfig) -> str:
 
 def run_report_stage(config: RaynasConfig, tracker: Tracker | None = None) -> Path:
     text = render(config)
-    path = Path(config.run_path).resolve() / REPORT
-    tmp = path.with_name(REPORT + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    path = write_text_atomic(Path(config.run_path).resolve() / REPORT, text)
     if tracker is not None:
         run_id = tracker.stage_run(STAGE)
         tracker.client.log_artifact(run_id, str(path))

@@ -18,6 +18,7 @@ from typing import Any
 
 from orchestrator.config.schema import RunConfig as RaynasConfig
 from orchestrator.errors import UserInputError
+from orchestrator.files import write_json_atomic
 from orchestrator.runtime import check_fits, ensure_ray, trial_resources
 from orchestrator.search.archive import ARCHIVE_FILE, Archive
 from orchestrator.search.pareto import (
@@ -94,7 +95,7 @@ def resolve_checkpoint(config: RaynasConfig, supernet: str | Path | None = None)
 
 
 def open_study(config: RaynasConfig, sampler: Any = None):
-    """Open (or create) the run's study; a one-line error when the storage is unusable."""
+    """The run's Optuna storage (its SQLite folder created); one line when it is unusable."""
     import optuna
 
     url = storage_url(config)
@@ -154,11 +155,8 @@ class Progress:
         self.best = None
         self.tracker = tracker
         self.run_id = run_id
-        self.started = time.time()
 
     def __call__(self, row: dict[str, Any]) -> None:
-        from mlflow.entities import Metric
-
         self.count += 1
         self.best = max(self.best or 0.0, row["val_top1"])
         print(
@@ -168,18 +166,14 @@ class Progress:
             f"best {self.best:.2f}%",
             flush=True,
         )
-        now = int(time.time() * 1000)
         values = {
             "val_top1": row["val_top1"],
             "params": row["params"],
             "flops": row["flops"],
             "best_val_top1": self.best,
+            "latency_ms": row.get("latency_ms"),
         }
-        if row.get("latency_ms") is not None:
-            values["latency_ms"] = row["latency_ms"]
-        self.tracker.client.log_batch(
-            self.run_id, metrics=[Metric(k, float(v), now, self.count) for k, v in values.items()]
-        )
+        self.tracker.log_metrics(self.run_id, values, step=self.count)
 
 
 def run_search_stage(
@@ -266,15 +260,13 @@ def run_search_stage(
             f"search evaluated {len(archive)} of {search.budget} candidates ({failed} trials failed; "
             f"see {stage_dir(run_dir) / 'tune'}); rerun to continue with the rest"
         )
-    tmp = stage_dir(run_dir) / (RESULT + ".tmp")
-    tmp.write_text(json.dumps(outcome, indent=2))
-    tmp.replace(stage_dir(run_dir) / RESULT)
-    tracker.client.log_batch(
+    write_json_atomic(stage_dir(run_dir) / RESULT, outcome)
+    tracker.log_metrics(
         run_id,
-        metrics=[
-            _metric(k, outcome[k])
+        {
+            k: outcome[k]
             for k in ("evaluated", "rejected", "duplicates", "failed", "hypervolume", "front_size")
-        ],
+        },
     )
     root = Path(run_dir).resolve()
     for name_ in (ARCHIVE_FILE, "pareto.parquet", PLOT_FILE):
@@ -284,12 +276,6 @@ def run_search_stage(
     if owns_tracker:
         tracker.finish(tracker.parent_run_id, ok=True)
     return outcome
-
-
-def _metric(key: str, value: float):
-    from mlflow.entities import Metric
-
-    return Metric(key, float(value), int(time.time() * 1000), 0)
 
 
 def _tune(config: RaynasConfig, space: Any, checkpoint: Path, searcher: ArchSearch, n: int) -> int:

@@ -24,7 +24,8 @@ from ray.train.torch import TorchTrainer
 from orchestrator.config.schema import Resources
 from orchestrator.config.schema import RunConfig as RaynasConfig
 from orchestrator.errors import UserInputError
-from orchestrator.runtime import check_fits, ensure_ray
+from orchestrator.files import write_json_atomic
+from orchestrator.runtime import check_fits, ensure_ray, worker_resources
 from orchestrator.tracking import Tracker, flatten, tracking_uri
 from search_spaces import build_space
 from trainables.data import load_splits
@@ -230,23 +231,13 @@ def run_training_stage(
         "metrics": result.metrics,
         "mlflow_run_id": run_id,
     }
-    tmp = stage_dir(run_dir, stage) / (RESULT + ".tmp")
-    tmp.write_text(json.dumps(outcome, indent=2))
-    tmp.replace(stage_dir(run_dir, stage) / RESULT)
+    write_json_atomic(stage_dir(run_dir, stage) / RESULT, outcome)
     tracker.client.log_artifacts(run_id, str(latest), artifact_path="checkpoint")
     tracker.client.log_artifact(run_id, str(stage_dir(run_dir, stage) / RESULT))
     tracker.finish(run_id, ok=True)
     if owns_tracker:
         tracker.finish(tracker.parent_run_id, ok=True)
     return outcome
-
-
-def worker_resources(resources: Resources) -> dict[str, float]:
-    """Ray Train's per-worker resources (the accelerator type goes to ScalingConfig)."""
-    per_worker = {"CPU": resources.cpus_per_worker, **resources.custom}
-    if resources.gpus_per_worker:
-        per_worker["GPU"] = resources.gpus_per_worker
-    return per_worker
 
 
 def _user_error_in(exc: BaseException) -> UserInputError | None:
