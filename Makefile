@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 PYTEST_ARGS ?=
 
-.PHONY: demo test install data lint clean
+.PHONY: demo test install data lint lock clean
 
 demo: install data
 	$(BIN)/raynas run configs/quickstart.yaml
@@ -20,11 +20,24 @@ test: install data
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+# constraints.txt pins every package to the version the test suite passed with (`make lock`)
+$(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
+
+# Re-resolve the newest versions setup.cfg allows into constraints.txt (in a scratch venv);
+# run `make test` afterwards and commit constraints.txt only when it passes.
+LOCK_VENV ?= /tmp/raynas-lock-venv
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LOCK_VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	{ echo "# The exact versions the test suite passed with; used by make install. Regenerate: make lock"; \
+	  $(LOCK_VENV)/bin/python -m pip freeze --exclude-editable | grep -v '^-e ' | LC_ALL=C sort -f; } > constraints.txt
+	rm -rf $(LOCK_VENV)
 
 # Fashion-MNIST from Debian's dataset-fashion-mnist; elsewhere raynas downloads it on first use
 # (or set RAYNAS_DATA / data.root to a folder holding the four IDX files).
