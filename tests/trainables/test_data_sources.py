@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import pickle
 import shutil
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +91,7 @@ def _write_cifar(
     meta_name: str,
     names_key: bytes,
     classes: int,
+    protocol: int = pickle.DEFAULT_PROTOCOL,
 ):
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -97,10 +100,11 @@ def _write_cifar(
         data = rng.integers(0, 256, size=(count, 3072), dtype=np.uint8)
         labels = rng.integers(0, classes, size=count).tolist()
         with open(folder / name, "wb") as f:
-            pickle.dump({b"data": data, label_key: labels, b"batch_label": name.encode()}, f)
+            batch = {b"data": data, label_key: labels, b"batch_label": name.encode()}
+            pickle.dump(batch, f, protocol=protocol)
         written[name] = (data, labels)
     with open(folder / meta_name, "wb") as f:
-        pickle.dump({names_key: [f"class{i}".encode() for i in range(classes)]}, f)
+        pickle.dump({names_key: [f"class{i}".encode() for i in range(classes)]}, f, protocol)
     return written
 
 
@@ -134,6 +138,91 @@ def test_cifar_missing_batches_is_one_clear_line(tmp_path, monkeypatch):
     with pytest.raises(DataError) as info:
         load_raw(DataConfig(name="cifar10", root=str(tmp_path), download=False))
     assert "cifar10 not found" in str(info.value) and "cifar-10-batches-py" in str(info.value)
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_cifar_batches_load_at_every_pickle_protocol(tmp_path, protocol):
+    """Protocols 0-2 pickle bytes via _codecs.encode, 5 pickles arrays via _frombuffer."""
+    written = _write_cifar(
+        tmp_path,
+        {"train": 3, "test": 2},
+        b"fine_labels",
+        "meta",
+        b"fine_label_names",
+        100,
+        protocol,
+    )
+    raw = load_raw(DataConfig(name="cifar100", root=str(tmp_path), download=False))
+    assert torch.equal(raw.train_images.reshape(3, -1), torch.from_numpy(written["train"][0]))
+    assert raw.train_labels.tolist() == written["train"][1] and raw.classes[7] == "class7"
+
+
+def _python2_batch(data: np.ndarray, labels: list[int]) -> bytes:
+    """What the official files hold: cPickle protocol 2 from Python 2 and numpy 1 (global
+    numpy.core.multiarray._reconstruct, str as BINSTRING), written opcode by opcode."""
+
+    def binstring(b: bytes) -> bytes:
+        return b"T" + struct.pack("<I", len(b)) + b
+
+    def binint(i: int) -> bytes:
+        return b"J" + struct.pack("<i", i)
+
+    rows, cols = data.shape
+    array = (
+        b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85" + binstring(b"b")
+        + b"\x87R(K\x01" + binint(rows) + binint(cols) + b"\x86"
+        + b"cnumpy\ndtype\n" + binstring(b"u1") + b"K\x00K\x01\x87R"
+        + b"(K\x03" + binstring(b"|") + b"NNN" + binint(-1) + binint(-1) + b"K\x00tb"
+        + b"\x89" + binstring(data.tobytes()) + b"tb"
+    )  # fmt: skip
+    label_list = b"](" + b"".join(binint(v) for v in labels) + b"e"
+    return b"\x80\x02}(" + binstring(b"data") + array + binstring(b"labels") + label_list + b"u."
+
+
+def test_cifar_batches_pickled_by_python2_and_numpy1_load(tmp_path):
+    written = _write_cifar(
+        tmp_path, {f"data_batch_{i}": 2 for i in range(1, 6)} | {"test_batch": 2},
+        b"labels", "batches.meta", b"label_names", 10,
+    )  # fmt: skip
+    data, labels = written["data_batch_2"]
+    (tmp_path / "data_batch_2").write_bytes(_python2_batch(data, labels))
+    raw = load_raw(DataConfig(name="cifar10", root=str(tmp_path), download=False))
+    assert torch.equal(raw.train_images[2:4].reshape(2, -1), torch.from_numpy(data))
+    assert raw.train_labels[2:4].tolist() == labels
+
+
+class _Payload:
+    """Unpickling this calls ``call(*args)``: what a hostile "CIFAR batch" would do."""
+
+    def __init__(self, call, *args):
+        self.call, self.args = call, args
+
+    def __reduce__(self):
+        return self.call, self.args
+
+
+@pytest.mark.parametrize("target", ["data_batch_3", "batches.meta"])
+@pytest.mark.parametrize("payload", ["os.system", "builtins.eval", "numpy.load"])
+def test_cifar_pickle_naming_any_other_global_is_refused_unrun(tmp_path, payload, target):
+    folder = tmp_path / "cifar-10-batches-py"
+    files = {f"data_batch_{i}": 2 for i in range(1, 6)} | {"test_batch": 2}
+    _write_cifar(folder, files, b"labels", "batches.meta", b"label_names", 10)
+    marker = tmp_path / "pwned"
+    calls = {
+        "os.system": _Payload(os.system, f"touch {marker}"),
+        "builtins.eval": _Payload(eval, f"open({str(marker)!r}, 'w').write('x')"),
+        "numpy.load": _Payload(np.load, str(marker)),
+    }
+    with open(folder / target, "wb") as f:
+        pickle.dump({b"data": calls[payload], b"labels": [0, 1]}, f)
+    with pytest.raises(DataError) as info:
+        load_raw(DataConfig(name="cifar10", root=str(tmp_path), download=False))
+    message = str(info.value)
+    assert not marker.exists()
+    assert "\n" not in message
+    assert str(folder / target) in message and "is not a CIFAR batch" in message
+    assert "refusing the pickled global" in message
+    assert payload.split(".")[1] in message  # pickled as posix.system, builtins.eval, ...
 
 
 # ----------------------------------------------------------------------------- imagefolder

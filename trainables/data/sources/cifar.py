@@ -2,10 +2,13 @@
 
 The batches are read directly (not through torchvision's dataset class, which insists on the
 official checksums), so any folder in that format works; torchvision is used only to download.
+They are unpickled by :class:`_CifarUnpickler`, which resolves only the few globals a CIFAR batch
+needs (numpy's array and dtype reconstructors), so a file in the data folder cannot run code.
 """
 
 from __future__ import annotations
 
+import importlib
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,12 +46,83 @@ CIFAR100 = CifarLayout(
 )  # fmt: skip
 
 
+class _RefusedGlobal(pickle.UnpicklingError):
+    """The pickle names a global that no CIFAR batch needs."""
+
+
+def _latin1_bytes(text: object, encoding: object) -> bytes:
+    """``_codecs.encode`` as protocol 0-2 pickles use it for bytes, and nothing else."""
+    if not isinstance(text, str) or encoding != "latin1":
+        raise _RefusedGlobal(f"_codecs.encode({type(text).__name__}, {encoding!r})")
+    return text.encode("latin1")
+
+
+def _empty_bytes(*args: object) -> bytes:
+    """``bytes()`` as protocol 0-2 pickles use it for ``b""``, and nothing else."""
+    if args:
+        raise _RefusedGlobal(f"builtins.bytes with {len(args)} argument(s)")
+    return b""
+
+
+def _numpy_global(submodule: str, name: str) -> object:
+    """``numpy._core.<submodule>.<name>`` (numpy 2) or ``numpy.core.<submodule>.<name>``
+    (numpy 1), whichever this numpy has, whichever of the two paths the pickle names."""
+    for base in ("numpy._core", "numpy.core"):
+        try:
+            return getattr(importlib.import_module(f"{base}.{submodule}"), name)
+        except (ImportError, AttributeError):
+            continue
+    raise _RefusedGlobal(f"numpy.core.{submodule}.{name} (not in this numpy)")
+
+
+# Everything a CIFAR batch pickled by Python 2 or 3, numpy 1 or 2, protocol 0-5 refers to:
+# the array and dtype reconstructors, and the bytes helpers of protocols 0-2.
+_NUMPY_CORE = {("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numeric", "_frombuffer")}
+_ALLOWED = {
+    ("numpy", "ndarray"): lambda: np.ndarray,
+    ("numpy", "dtype"): lambda: np.dtype,
+    ("_codecs", "encode"): lambda: _latin1_bytes,
+    ("builtins", "bytes"): lambda: _empty_bytes,
+}
+_ALLOWED |= {
+    (f"{base}.{sub}", name): lambda sub=sub, name=name: _numpy_global(sub, name)
+    for base in ("numpy.core", "numpy._core")
+    for sub, name in _NUMPY_CORE
+}
+
+
+# What a truncated, corrupt or foreign pickle raises while the allowed globals rebuild it.
+_READ_ERRORS = (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
+                IndexError, KeyError)  # fmt: skip
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Loads numpy arrays, bytes, str, lists, dicts, numbers and tuples; refuses every other
+    global (``os.system``, ``builtins.eval``, any class), so unpickling cannot run code."""
+
+    def find_class(self, module: str, name: str) -> object:
+        resolve = _ALLOWED.get((module, name))
+        if resolve is None:
+            raise _RefusedGlobal(f"{module}.{name}")
+        return resolve()
+
+
 def _unpickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="bytes")
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as exc:
+            loaded = _CifarUnpickler(f, encoding="bytes").load()
+    except _RefusedGlobal as exc:
+        raise DataError(
+            f"{path} is not a CIFAR batch: refusing the pickled global {str(exc)!r} (only numpy "
+            "arrays, bytes, str, lists, dicts and numbers are loaded from CIFAR files)"
+        ) from None
+    except _READ_ERRORS as exc:
         raise DataError(f"cannot read CIFAR batch {path}: {exc}") from None
+    if not isinstance(loaded, dict):
+        raise DataError(
+            f"{path} is not a CIFAR batch: it holds a {type(loaded).__name__}, not a dict"
+        )
+    return loaded
 
 
 def _read_batches(
