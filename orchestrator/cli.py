@@ -235,10 +235,10 @@ RunDirArg = Annotated[Path, typer.Argument(help="Run directory.", show_default=F
 
 def _print_pareto(cfg) -> None:
     """The exported Pareto subnets and the commands that open what the run wrote."""
-    from orchestrator.stages.export import read_summary
+    from orchestrator.stage import read_result
     from orchestrator.stages.report import TABLE_HEADER, next_commands, pareto_table
 
-    summary = read_summary(cfg.run_path)
+    summary = read_result(cfg.run_path, "export")
     if summary is not None:
         table = Table(*TABLE_HEADER, box=None, title="Pareto subnets", title_justify="left")
         for row in pareto_table(summary["models"]):
@@ -280,14 +280,14 @@ def train(config: ConfigArg, set_: SetOpt = None) -> None:
 
     Rerunning it resumes from the latest checkpoint in the run directory.
     """
-    from orchestrator import rundir
     from orchestrator.config import load_config
-    from orchestrator.stages.supernet import run_supernet_stage
+    from orchestrator.pipeline import run_stages
+    from orchestrator.secrets import redact
     from orchestrator.tracking import tracking_uri
 
     cfg = load_config(config, set_)
-    path = rundir.prepare(cfg)
-    outcome = run_supernet_stage(cfg)
+    outcome = run_stages(cfg, only=["supernet"])["supernet"]
+    path = Path(cfg.run_path).resolve()
     last = outcome["history"][-1]
     table = Table("subnet", "val top-1 %", box=None)
     for key, value in last.items():
@@ -298,7 +298,7 @@ def train(config: ConfigArg, set_: SetOpt = None) -> None:
         highlight=False,
     )
     out.print(table)
-    uri = tracking_uri(cfg.tracking.uri, str(path))
+    uri = redact(tracking_uri(cfg.tracking.uri, str(path)))
     ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"open {uri}"
     out.print(f"next: {ui}", highlight=False)
 
@@ -317,44 +317,41 @@ def search(
     Without --supernet it uses the supernet trained in the config's run directory. Rerunning
     continues the study; `search.budget` counts evaluated candidates.
     """
-    from orchestrator import rundir
     from orchestrator.config import load_config
-    from orchestrator.stages.search import run_search_stage, storage_url
+    from orchestrator.pipeline import run_stages
+    from orchestrator.secrets import redact
+    from orchestrator.stages.search import external_checkpoint, storage_url
 
     cfg = load_config(config, set_)
-    rundir.prepare(cfg)
-    outcome = run_search_stage(cfg, supernet=supernet)
+    given = {"supernet": external_checkpoint(supernet)} if supernet is not None else None
+    outcome = run_stages(cfg, only=["search"], inputs=given)["search"]
     out.print(
         f"{outcome['evaluated']} candidates evaluated; Pareto front of {outcome['front_size']} in "
         f"{Path(cfg.run_path).resolve() / 'pareto.parquet'}",
         highlight=False,
     )
     out.print(f"next: raynas export {cfg.run_path}", highlight=False)
-    out.print(f"next: optuna-dashboard {storage_url(cfg)} --port 8080", highlight=False)
+    out.print(f"next: optuna-dashboard {redact(storage_url(cfg))} --port 8080", highlight=False)
 
 
 @app.command()
 def export(run_dir: RunDirArg) -> None:
     """Measure test top-1 of the Pareto subnets and export them as timm models (+ report.md)."""
-    from orchestrator.pipeline import config_for_resume
-    from orchestrator.stages.export import run_export_stage
-    from orchestrator.stages.report import run_report_stage
+    from orchestrator.pipeline import config_for_resume, run_stages
 
     cfg = config_for_resume(run_dir)
-    run_export_stage(cfg)
-    run_report_stage(cfg)
+    run_stages(cfg, only=["export", "report"])
     _print_pareto(cfg)
 
 
 @app.command()
 def report(run_dir: RunDirArg) -> None:
     """Write report.md for a run directory whose search and export have completed."""
-    from orchestrator.pipeline import config_for_resume
-    from orchestrator.stages.report import run_report_stage
+    from orchestrator.pipeline import config_for_resume, run_stages
 
     cfg = config_for_resume(run_dir)
-    path = run_report_stage(cfg)
-    out.print(f"wrote {path}", highlight=False)
+    outcome = run_stages(cfg, only=["report"])["report"]
+    out.print(f"wrote {Path(cfg.run_path).resolve() / outcome['report']}", highlight=False)
 
 
 # ---------------------------------------------------------------------------------- analyze
@@ -402,12 +399,20 @@ def analyze_collapse(
 
 
 def main() -> None:
+    from orchestrator.errors import Terminated
+    from orchestrator.secrets import redact
+
     try:
         app()
     except UserInputError as exc:
         for line in str(exc).splitlines():
-            err.print(f"error: {line}", highlight=False, markup=False, soft_wrap=True)
+            err.print(f"error: {redact(line)}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(1)
+    except Terminated:
+        err.print(
+            "stopped by SIGTERM; continue with `raynas run --resume RUN_DIR`", highlight=False
+        )
+        sys.exit(143)
 
 
 if __name__ == "__main__":

@@ -12,4 +12,8 @@ class ConfigError(UserInputError):
         super().__init__("\n".join(f"{source}: {p}" for p in problems))
 
 
-__all__ = ["ConfigError", "DataError", "UserInputError"]
+class Terminated(BaseException):  # noqa: N818 - like KeyboardInterrupt, not an error
+    """The driver received SIGTERM (``ray job stop``, Kubernetes, ``kill``): stop like Ctrl-C."""
+
+
+__all__ = ["ConfigError", "DataError", "Terminated", "UserInputError"]

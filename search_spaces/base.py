@@ -225,6 +225,10 @@ class SearchSpace(abc.ABC):
         architecture of ``supernet.extract(arch)`` (same parameter names and shapes), used by
         :func:`build_from_spec` when loading an export."""
 
+    def export_requirements(self) -> list[str]:
+        """pip requirements of an exported model (logged with it to MLflow)."""
+        return ["torch"]
+
     # ---- identity and serialisation (shared) --------------------------------------------------
     def arch_id(self, arch: Arch) -> str:
         """Stable 12-hex-digit id of ``arch`` (see :func:`arch_id`)."""

@@ -24,6 +24,7 @@ written. Uses no Ray; the val split only.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -34,7 +35,7 @@ import torch
 
 from orchestrator.config.schema import RunConfig as RaynasConfig
 from orchestrator.errors import UserInputError
-from orchestrator.files import write_json_atomic
+from orchestrator.files import atomic_path, write_json_atomic
 from orchestrator.tracking import TRACKING_FILE, Tracker, flatten, tracking_uri
 from search_spaces import SearchSpace, Supernet, arch_id, build_space
 from search_spaces.base import arch_to_dict
@@ -68,21 +69,21 @@ def load_final_supernet(config: RaynasConfig, supernet: str | Path | None = None
 
     That is the model the search scores with: the `supernet` stage's checkpoint, or for a run
     whose stages include `mole` (TAS-LoRA) the `mole` stage's MoLE supernet (the experts and
-    router on the frozen supernet), via `resolve_checkpoint` and the shared construction path
+    router on the frozen supernet), via `external_checkpoint` and the shared construction path
     `trainables.supernets.load_supernet`. `supernet` overrides the checkpoint as
     `raynas search --supernet` does (a checkpoint folder, a `supernet.pt` file or a run
     directory, of the same kind). The rest of the analysis needs only
     ``model.forward_features(x, arch)``.
     """
     # Lazy: these import Ray Train / Tune, which the checks before this point do not need.
-    from orchestrator.stages.mole import mole_spec
-    from orchestrator.stages.search import resolve_checkpoint
+    from orchestrator.stages.search import external_checkpoint
     from trainables.supernets import load_supernet
 
     space = build_space(**config.space_spec)
-    folder = resolve_checkpoint(config, supernet)
-    model = load_supernet(space, folder, mole_spec(config))
-    return FinalSupernet(space, model.eval(), Path(folder))
+    trained = external_checkpoint(supernet if supernet is not None else config.run_path)
+    folder = Path(trained["checkpoint"])
+    model = load_supernet(space, folder, trained.get("adapter"))
+    return FinalSupernet(space, model.eval(), folder)
 
 
 def choose_archs(space: SearchSpace, count: int, seed: int) -> list[Any]:
@@ -195,10 +196,10 @@ def plot_heatmaps(
                         )  # fmt: skip
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 
@@ -263,62 +264,61 @@ def analyze_collapse(
         tags={"mlflow.parentRunId": tracker.parent_run_id, "raynas.stage": ANALYSIS},
     )
     run_id = run.info.run_id
-    out = output_dir(run_path)
-    out.mkdir(parents=True, exist_ok=True)
-    result: dict[str, Any] = {
-        "run_dir": str(run_path),
-        "run_name": config.name,
-        "method": config.method,
-        "supernet": {"checkpoint": str(final.checkpoint), "class": type(final.model).__name__},
-        "seed": seed,
-        "probe": {
-            "split": "val",
-            "size": probe,
-            "split_seed": config.data.split_seed,
-            "indices": [int(i) for i in val.indices[positions]],
-        },
-        "arch_ids": ids,
-        "labels": labels,
-        "archs": [arch_to_dict(a) for a in archs],
-        "widths": [int(f.shape[1]) for f in features],
-        "params": [int(space.cost(a)["params"]) for a in archs],
-        "cka": _json_matrix(cka),
-        "cosine": _json_matrix(cosine),
-        "cosine_definition": "mean over probe images of the per-image cosine of the raw features",
-        "mean_cka": mean_cka,
-        "mean_cosine": mean_cosine,
-        "seconds": round(seconds, 3),
-        "mlflow_run_id": run_id,
-    }
-    json_path = out / RESULT_FILE
-    png_path = out / PLOT_FILE
-    write_json_atomic(json_path, result, allow_nan=False)
-    title = f"{config.name}: {subnets} subnets on {probe} val images"
-    plot_heatmaps(labels, result["cka"], result["cosine"], png_path, title)
+    parent = tracker.running(tracker.parent_run_id) if new_parent else contextlib.nullcontext()
+    with parent, tracker.running(run_id):
+        out = output_dir(run_path)
+        out.mkdir(parents=True, exist_ok=True)
+        result: dict[str, Any] = {
+            "run_dir": str(run_path),
+            "run_name": config.name,
+            "method": config.method,
+            "supernet": {"checkpoint": str(final.checkpoint), "class": type(final.model).__name__},
+            "seed": seed,
+            "probe": {
+                "split": "val",
+                "size": probe,
+                "split_seed": config.data.split_seed,
+                "indices": [int(i) for i in val.indices[positions]],
+            },
+            "arch_ids": ids,
+            "labels": labels,
+            "archs": [arch_to_dict(a) for a in archs],
+            "widths": [int(f.shape[1]) for f in features],
+            "params": [int(space.cost(a)["params"]) for a in archs],
+            "cka": _json_matrix(cka),
+            "cosine": _json_matrix(cosine),
+            "cosine_definition": "mean over probe images of the per-image cosine of the raw features",
+            "mean_cka": mean_cka,
+            "mean_cosine": mean_cosine,
+            "seconds": round(seconds, 3),
+            "mlflow_run_id": run_id,
+        }
+        json_path = out / RESULT_FILE
+        png_path = out / PLOT_FILE
+        write_json_atomic(json_path, result, allow_nan=False)
+        title = f"{config.name}: {subnets} subnets on {probe} val images"
+        plot_heatmaps(labels, result["cka"], result["cosine"], png_path, title)
 
-    from mlflow.entities import Metric
+        from mlflow.entities import Metric
 
-    tracker.log_params(
-        run_id,
-        flatten(
-            {
-                "subnets": subnets,
-                "probe": probe,
-                "seed": seed,
-                "checkpoint": str(final.checkpoint),
-                "supernet_class": type(final.model).__name__,
-            }
-        ),
-    )
-    now = int(time.time() * 1000)
-    metrics = {"mean_cka": mean_cka, "mean_cosine": mean_cosine}
-    tracker.client.log_batch(
-        run_id,
-        metrics=[Metric(k, v, now, 0) for k, v in metrics.items() if v is not None],
-    )
-    for path in (json_path, png_path):
-        tracker.client.log_artifact(run_id, str(path), artifact_path="collapse")
-    tracker.finish(run_id, ok=True)
-    if new_parent:
-        tracker.finish(tracker.parent_run_id, ok=True)
+        tracker.log_params(
+            run_id,
+            flatten(
+                {
+                    "subnets": subnets,
+                    "probe": probe,
+                    "seed": seed,
+                    "checkpoint": str(final.checkpoint),
+                    "supernet_class": type(final.model).__name__,
+                }
+            ),
+        )
+        now = int(time.time() * 1000)
+        metrics = {"mean_cka": mean_cka, "mean_cosine": mean_cosine}
+        tracker.client.log_batch(
+            run_id,
+            metrics=[Metric(k, v, now, 0) for k, v in metrics.items() if v is not None],
+        )
+        for path in (json_path, png_path):
+            tracker.client.log_artifact(run_id, str(path), artifact_path="collapse")
     return {**result, "path": str(out)}

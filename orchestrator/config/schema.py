@@ -80,6 +80,9 @@ class SupernetConfig(SupernetTrainConfig):
     max_failures: int = Field(
         2, ge=-1, description="worker-failure restarts from the last checkpoint (-1: unlimited)"
     )
+    keep_checkpoints: int = Field(
+        2, ge=1, description="checkpoints kept on disk (Ray Train deletes older ones)"
+    )
     resources: Resources = Field(default_factory=lambda: Resources(workers=2))
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import UserInputError
+from orchestrator.files import atomic_path
 
 ARCHIVE_FILE = "archive.parquet"
 ARCH_PREFIX = "arch."
@@ -28,18 +29,26 @@ class ArchiveError(UserInputError):
 class Archive:
     """The evaluated candidates of one search, keyed by arch id."""
 
-    def __init__(self, path: str | Path, rows: Iterable[Mapping[str, Any]] = ()) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        rows: Iterable[Mapping[str, Any]] = (),
+        stamp: Mapping[str, Any] | None = None,
+    ) -> None:
         self.path = Path(path)
+        self.stamp = dict(stamp or {})  # columns every row gets, e.g. the scoring checkpoint
         self._rows: dict[str, dict[str, Any]] = {}
         for row in rows:
             self._rows[row["arch_id"]] = dict(row)
 
     @classmethod
-    def load(cls, path: str | Path) -> Archive:
-        """The archive at `path`, empty when the file does not exist yet."""
+    def load(cls, path: str | Path, stamp: Mapping[str, Any] | None = None) -> Archive:
+        """The archive at `path`, empty when the file does not exist yet. With `stamp`, every
+        row must carry those values (e.g. ``scored_by``: rows scored by another supernet
+        checkpoint are never mixed in) and new rows get them."""
         path = Path(path)
         if not path.exists():
-            return cls(path)
+            return cls(path, stamp=stamp)
         import pyarrow.parquet as pq
 
         try:
@@ -50,7 +59,14 @@ class Archive:
             ) from None
         if rows and "arch_id" not in rows[0]:
             raise ArchiveError(f"{path}: has no arch_id column; not a raynas archive")
-        return cls(path, rows)
+        for key, value in (stamp or {}).items():
+            other = {row.get(key) for row in rows} - {value}
+            if other:
+                raise ArchiveError(
+                    f"{path}: holds candidates with {key}={sorted(map(str, other))[0]}, not "
+                    f"{value}; an archive is never continued over another {key}: move it away"
+                )
+        return cls(path, rows, stamp)
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -71,7 +87,7 @@ class Archive:
         missing = {"trial", "arch_id", "arch"} - set(row)
         if missing:
             raise ValueError(f"archive row lacks {sorted(missing)}")
-        self._rows[row["arch_id"]] = dict(row)
+        self._rows[row["arch_id"]] = {**row, **self.stamp}
         self.write()
 
     def write(self) -> None:
@@ -105,11 +121,8 @@ def write_rows(rows: list[dict[str, Any]], path: str | Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(pa.Table.from_pylist(rows), tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.Table.from_pylist(rows), tmp)
 
 
 def encoded_of(row: Mapping[str, Any]) -> dict[str, Any]:

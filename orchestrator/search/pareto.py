@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from orchestrator.files import atomic_path
 from orchestrator.search.archive import write_rows
 
 PARETO_FILE = "pareto.parquet"
@@ -120,8 +121,7 @@ def plot_front(
     ax.legend(loc="lower right")
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
-    tmp.replace(path)
     return path

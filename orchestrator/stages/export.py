@@ -5,7 +5,11 @@ This is the first and only place the test split is read. For each exported Paret
 `arch.json` (the arch, its id and metrics) and `model.json` (the builder and timm kwargs that
 rebuild the module: ``search_spaces.build_from_spec``); the model is also logged to MLflow with
 ``mlflow.pytorch.log_model``. Each folder is written under a temporary name and renamed when
-complete, and `export/summary.json` is written last.
+complete; a model already exported (and logged) by an interrupted export is not measured or
+logged again. `export/result.json` is written by the engine when all are done.
+
+Nothing is chosen by test accuracy: the summary names the best-VAL model and reports its test
+top-1 (``test_top1_of_best_val``).
 """
 
 from __future__ import annotations
@@ -14,18 +18,14 @@ import json
 import logging
 import shutil
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from orchestrator.config.schema import RunConfig as RaynasConfig
-from orchestrator.errors import UserInputError
 from orchestrator.files import write_json_atomic
 from orchestrator.search.archive import ARCHIVE_FILE, Archive
-from orchestrator.stages import mole as mole_stage
-from orchestrator.stages import search as search_stage
-from orchestrator.tracking import Tracker, tracking_uri
+from orchestrator.stage import StageContext, StageSpec, read_json
+from orchestrator.tracking import Tracker
 from search_spaces import build_space
 from trainables.data import load_splits
 from trainables.evaluator import default_device
@@ -33,16 +33,7 @@ from trainables.supernets import load_supernet
 from trainables.train.loop import autocast_dtype, evaluate
 
 STAGE = "export"
-SUMMARY = "summary.json"
-
-
-def export_dir(run_dir: str) -> Path:
-    return Path(run_dir).resolve() / STAGE
-
-
-def read_summary(run_dir: str) -> dict[str, Any] | None:
-    path = export_dir(run_dir) / SUMMARY
-    return json.loads(path.read_text()) if path.exists() else None
+ENTRY = "arch.json"  # per model folder: the arch, its metrics and (once logged) its model URI
 
 
 def select(front: list[dict[str, Any]], limit: int | None) -> list[dict[str, Any]]:
@@ -55,39 +46,27 @@ def select(front: list[dict[str, Any]], limit: int | None) -> list[dict[str, Any
     return [front[round(i * step)] for i in range(limit)]
 
 
-def run_export_stage(config: RaynasConfig, tracker: Tracker | None = None) -> dict[str, Any]:
+def run(ctx: StageContext) -> dict[str, Any]:
     """Measure test top-1 of the Pareto subnets and export them; returns the summary."""
     import mlflow
     from safetensors.torch import save_file
 
-    run_dir = config.run_path
-    done = read_summary(run_dir)
-    if done is not None:
-        print(f"[export] {len(done['models'])} models already exported; skipping", flush=True)
-        return done
-    searched = search_stage.read_result(run_dir)
-    if searched is None:
-        raise UserInputError(
-            f"no completed search in {search_stage.stage_dir(run_dir)}; run the search stage first "
-            "(`raynas run CONFIG` or `raynas search CONFIG`)"
-        )
-    archive = Archive.load(Path(run_dir).resolve() / ARCHIVE_FILE)
+    config, run_dir = ctx.config, ctx.run_dir
+    searched = ctx.input("front")
+    archive = Archive.load(run_dir / ARCHIVE_FILE)
     front = [archive.get(aid) for aid in searched["front"]]  # cheapest first, as searched
     chosen = select(front, config.export.max_models)
 
     space = build_space(**config.space_spec)
-    supernet = load_supernet(space, searched["checkpoint"], mole_stage.mole_spec(config))
+    supernet = load_supernet(space, ctx.path(searched["checkpoint"]), searched.get("adapter"))
     device = default_device()
     dtype = autocast_dtype(config.supernet.precision, device)
     splits = load_splits(config.data, ("val", "test"), purpose="export")
     val, test = splits.split("val"), splits.split("test")
-
-    owns_tracker = tracker is None
-    tracker = tracker or Tracker(
-        tracking_uri(config.tracking.uri, run_dir), config.tracking.experiment, run_dir, config.name
-    )
-    run_id = tracker.stage_run(STAGE)
-    root = export_dir(run_dir)
+    tracker: Tracker = ctx.tracker
+    run_id = ctx.run_id
+    tracker.log_dataset(run_id, splits, config.data, context="test")
+    root = ctx.folder
     root.mkdir(parents=True, exist_ok=True)
     print(
         f"[export] measuring test top-1 of {len(chosen)} of {len(front)} Pareto subnets",
@@ -95,8 +74,14 @@ def run_export_stage(config: RaynasConfig, tracker: Tracker | None = None) -> di
     )
     models = []
     for row in chosen:
-        arch = space.from_json(row["arch"])
         aid = row["arch_id"]
+        folder = root / aid
+        entry = read_json(folder / ENTRY, f"export entry of {aid}") if folder.is_dir() else None
+        if entry is not None and (entry.get("model_uri") or not config.export.log_models):
+            models.append(entry)  # exported and logged before an interruption: not again
+            print(f"[export] {aid}  already exported", flush=True)
+            continue
+        arch = space.from_json(row["arch"])
         model = supernet.extract(arch).to(device).eval()
         started = time.time()
         batch = config.search.eval_batch_size
@@ -112,10 +97,10 @@ def run_export_stage(config: RaynasConfig, tracker: Tracker | None = None) -> di
             "test_top1": 100.0 * t_correct / len(test),
             "test_loss": t_loss / len(test),
             "trial": int(row["trial"]),
+            "path": ctx.rel(folder),
         }
         if row.get("latency_ms") is not None:
             entry["latency_ms"] = float(row["latency_ms"])
-        folder = root / aid
         tmp = root / f".{aid}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
@@ -123,11 +108,10 @@ def run_export_stage(config: RaynasConfig, tracker: Tracker | None = None) -> di
         save_file(
             {k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors"
         )
-        (tmp / "arch.json").write_text(json.dumps(entry, indent=2))
-        (tmp / "model.json").write_text(json.dumps(space.export_spec(arch), indent=2))
+        write_json_atomic(tmp / ENTRY, entry)
+        write_json_atomic(tmp / "model.json", space.export_spec(arch))
         shutil.rmtree(folder, ignore_errors=True)
         tmp.replace(folder)
-        entry["path"] = str(folder)
         if config.export.log_models:
             # MLflow warns on every pickled model; pickle is chosen (see _pickle_format)
             logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
@@ -136,10 +120,11 @@ def run_export_stage(config: RaynasConfig, tracker: Tracker | None = None) -> di
                     model,
                     name=f"model-{aid}",
                     input_example=val.batch([0])[0].numpy(),
-                    pip_requirements=["torch", "timm"],
+                    pip_requirements=space.export_requirements(),
                     **_pickle_format(),
                 )
             entry["model_uri"] = info.model_uri
+            write_json_atomic(folder / ENTRY, entry)  # logged: a resumed export skips it
         tracker.client.log_artifacts(run_id, str(folder), artifact_path=f"export/{aid}")
         models.append(entry)
         print(
@@ -147,15 +132,29 @@ def run_export_stage(config: RaynasConfig, tracker: Tracker | None = None) -> di
             f"val {entry['val_top1']:.2f}%  test {entry['test_top1']:.2f}%  ({time.time() - started:.1f} s)",
             flush=True,
         )
-    summary = {"models": models, "front_size": len(front), "test_images": len(test)}
-    write_json_atomic(root / SUMMARY, summary)
-    best = max(models, key=lambda m: m["test_top1"])
-    tracker.log_metrics(run_id, {"best_test_top1": best["test_top1"], "exported": len(models)})
-    tracker.client.log_artifact(run_id, str(root / SUMMARY))
-    tracker.finish(run_id, ok=True)
-    if owns_tracker:
-        tracker.finish(tracker.parent_run_id, ok=True)
+    best_val = max(models, key=lambda m: m["val_top1"])
+    summary = {
+        "models": models,
+        "front_size": len(front),
+        "test_images": len(test),
+        "best_val": best_val["arch_id"],
+        "test_top1_of_best_val": best_val["test_top1"],
+    }
+    tracker.log_metrics(
+        run_id,
+        {"test_top1_of_best_val": best_val["test_top1"], "exported": len(models)},
+    )
     return summary
+
+
+SPEC = StageSpec(
+    name=STAGE,
+    run=run,
+    reads=("seed", "data", "space", "export", "supernet.precision"),
+    needs=("front",),
+    provides={"exported": ("models", "best_val")},
+    describe="test top-1 of the Pareto subnets (the only reader of the test split), exports",
+)
 
 
 def _pickle_format() -> dict[str, str]:

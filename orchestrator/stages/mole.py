@@ -13,30 +13,20 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator.config.schema import RunConfig as RaynasConfig
-from orchestrator.stages import supernet as supernet_stage
-from orchestrator.stages.supernet import TrainingPlan, run_training_stage
-from orchestrator.tracking import Tracker
-from trainables.train import checkpoint as ckpt
+from orchestrator.stage import StageContext, StageSpec
+from orchestrator.stages.supernet import TRAINED_MODEL, TrainingPlan, run_training
 
 STAGE = "mole"
 SPEC_FIELDS = ("experts", "rank", "alpha", "targets", "router_hidden", "router_per_layer_type")
 
 
-def mole_spec(config: RaynasConfig) -> dict[str, Any] | None:
-    """The MoLE spec of a run whose stages include `mole`, else None (a plain supernet)."""
-    if STAGE not in config.stage_names:
-        return None
+def mole_spec(config: RaynasConfig) -> dict[str, Any]:
+    """The MoLE spec (plain data) that builds the experts and router around the supernet."""
     dumped = config.mole.model_dump(mode="json")
     return {k: dumped[k] for k in SPEC_FIELDS}
 
 
-def mole_plan(config: RaynasConfig) -> TrainingPlan:
-    trained = supernet_stage.read_result(config.run_path)
-    if trained is None:
-        raise ckpt.CheckpointError(
-            f"no trained supernet in {supernet_stage.stage_dir(config.run_path)}; the mole stage "
-            "starts from it: run `raynas run CONFIG` (or `raynas train CONFIG`) first"
-        )
+def mole_plan(config: RaynasConfig, init_from: str) -> TrainingPlan:
     mole = config.mole
     train = config.supernet.model_copy(
         update={
@@ -52,26 +42,42 @@ def mole_plan(config: RaynasConfig) -> TrainingPlan:
         train=train,
         resources=mole.resources,
         max_failures=config.supernet.max_failures,
-        init_from=trained["checkpoint"],
+        keep_checkpoints=config.supernet.keep_checkpoints,
+        init_from=init_from,
         mole=mole_spec(config),
         group_init_steps=mole.group_init_steps if mole.group_init else 0,
         freeze_base=mole.freeze_supernet,
         params={
             "mole": dumped["mole"],
-            "init_from": trained["checkpoint"],
+            "init_from": init_from,
             "train": train.model_dump(mode="json"),
         },
     )
 
 
-def run_mole_stage(config: RaynasConfig, tracker: Tracker | None = None) -> dict[str, Any]:
-    """Train (or finish training) the experts and router; returns the stage result."""
-    return run_training_stage(config, mole_plan(config), tracker)
+def run(ctx: StageContext) -> dict[str, Any]:
+    """Train (or finish training) the experts and router on the trained supernet."""
+    trained = ctx.input("supernet")
+    return run_training(ctx, mole_plan(ctx.config, str(ctx.path(trained["checkpoint"]))))
 
 
-def final_checkpoint(config: RaynasConfig) -> tuple[str | None, dict[str, Any] | None]:
-    """The checkpoint the search and export use, and its MoLE spec: the mole stage's for a
-    TAS-LoRA run, else the supernet's (None, None when it has not been trained)."""
-    spec = mole_spec(config)
-    done = supernet_stage.read_result(config.run_path, STAGE if spec else supernet_stage.STAGE)
-    return (done["checkpoint"] if done else None), spec
+SPEC = StageSpec(
+    name=STAGE,
+    run=run,
+    reads=("seed", "data", "space", "mole", "supernet"),
+    ignores=(
+        "mole.resources",
+        "supernet.resources",
+        "supernet.max_failures",
+        "supernet.inject_failure",
+        "supernet.keep_checkpoints",
+        "supernet.eval_batch_size",
+        "supernet.record_archs",
+        "supernet.epochs",
+        "supernet.lr",
+    ),
+    extends=("mole.epochs",),
+    needs=("supernet",),
+    provides={"supernet": TRAINED_MODEL},  # later stages score with the experts and router
+    describe="train LoRA experts and the architecture router on the frozen supernet (TAS-LoRA)",
+)

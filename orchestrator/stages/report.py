@@ -6,12 +6,11 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.config.schema import RunConfig as RaynasConfig
-from orchestrator.errors import UserInputError
 from orchestrator.files import write_text_atomic
-from orchestrator.stages import export as export_stage
-from orchestrator.stages import search as search_stage
-from orchestrator.stages import supernet as supernet_stage
-from orchestrator.tracking import Tracker, tracking_uri
+from orchestrator.secrets import redact
+from orchestrator.stage import StageContext, StageSpec
+from orchestrator.stages.search import storage_url
+from orchestrator.tracking import tracking_uri
 
 STAGE = "report"
 REPORT = "report.md"
@@ -44,21 +43,17 @@ TABLE_HEADER = ["arch id", "params (M)", "MFLOPs", "val top-1 %", "test top-1 %"
 def next_commands(config: RaynasConfig) -> list[str]:
     """The commands that open what this run wrote: MLflow UI and optuna-dashboard."""
     run_dir = Path(config.run_path).resolve()
-    uri = tracking_uri(config.tracking.uri, str(run_dir))
+    configured = config.tracking.uri
+    uri = redact(configured) if configured else tracking_uri(None, str(run_dir))
     mlflow_cmd = (
         f"mlflow ui --backend-store-uri {uri} --port 5000"
         if uri.startswith("sqlite")
         else f"open {uri} (experiment {config.tracking.experiment})"
     )
-    return [mlflow_cmd, f"optuna-dashboard {search_stage.storage_url(config)} --port 8080"]
+    return [mlflow_cmd, f"optuna-dashboard {redact(storage_url(config))} --port 8080"]
 
 
-def render(config: RaynasConfig) -> str:
-    run_dir = config.run_path
-    searched = search_stage.read_result(run_dir)
-    exported = export_stage.read_summary(run_dir)
-    if searched is None or exported is None:
-        raise UserInputError(f"{run_dir}: the search and export stages have not completed yet")
+def render(config: RaynasConfig, upstream: dict[str, dict[str, Any]], searched, exported) -> str:
     lines = [
         f"# raynas run `{config.name}`",
         "",
@@ -69,7 +64,8 @@ def render(config: RaynasConfig) -> str:
         "",
         f"{len(exported['models'])} of {exported['front_size']} Pareto subnets exported to "
         f"`export/<arch id>/`; test top-1 over {exported['test_images']} test images, measured "
-        "once, here.",
+        "once, here. Nothing is chosen by test accuracy: the best subnet by val top-1 is "
+        f"`{exported['best_val']}`, test top-1 {exported['test_top1_of_best_val']:.2f}%.",
         "",
         "| " + " | ".join(TABLE_HEADER) + " |",
         "|" + "---|" * len(TABLE_HEADER),
@@ -90,10 +86,9 @@ def render(config: RaynasConfig) -> str:
         f"{searched['hypervolume'] / 1e6:.1f}",
         f"- study `{searched['study']}` in `{searched['storage']}`; every candidate in `archive.parquet`",
     ]
-    for stage, title in (("supernet", "Supernet"), ("mole", "MoLE experts and router (TAS-LoRA)")):
-        trained = supernet_stage.read_result(run_dir, stage)
-        if trained is None:
-            continue
+    for stage, trained in upstream.items():
+        if not trained.get("history"):
+            continue  # a training stage's result carries its per-epoch history
         last = trained["history"][-1]
         probes = ", ".join(
             f"{k.removeprefix('val_top1_')} {v:.1f}%"
@@ -102,7 +97,7 @@ def render(config: RaynasConfig) -> str:
         )
         lines += [
             "",
-            f"## {title}",
+            f"## Stage `{stage}`",
             "",
             f"- {trained['epochs']} epochs ({config.supernet.sampling} sampling), "
             f"checkpoint `{trained['checkpoint']}`",
@@ -112,11 +107,20 @@ def render(config: RaynasConfig) -> str:
     return "\n".join(lines)
 
 
-def run_report_stage(config: RaynasConfig, tracker: Tracker | None = None) -> Path:
-    text = render(config)
-    path = write_text_atomic(Path(config.run_path).resolve() / REPORT, text)
-    if tracker is not None:
-        run_id = tracker.stage_run(STAGE)
-        tracker.client.log_artifact(run_id, str(path))
-        tracker.finish(run_id, ok=True)
-    return path
+def run(ctx: StageContext) -> dict[str, Any]:
+    text = render(ctx.config, ctx.upstream, ctx.input("front"), ctx.input("exported"))
+    path = write_text_atomic(ctx.run_dir / REPORT, text)
+    ctx.tracker.client.log_artifact(ctx.run_id, str(path))
+    return {"report": ctx.rel(path)}
+
+
+SPEC = StageSpec(
+    name=STAGE,
+    run=run,
+    reads=("name", "method", "seed", "data", "space", "tracking", "search.storage"),
+    needs=("front", "exported"),
+    optional=("supernet",),
+    writes=(REPORT,),
+    always=True,
+    describe="write report.md",
+)

@@ -1,24 +1,26 @@
 """The `search` stage: score subnets of the trained supernet in parallel with Ray Tune + Optuna.
 
-Inputs: the supernet checkpoint (from `<run>/supernet/result.json`, or a path given on the
-command line). Outputs: the Optuna study (`<run>/study.db` unless `search.storage` names one),
-`<run>/archive.parquet`, `<run>/pareto.parquet`, `<run>/pareto.png`, `<run>/search/result.json`
-(written last: its presence means the stage completed) and a nested MLflow run.
+Inputs: the ``supernet`` output of an earlier stage (its checkpoint, the weights' digest and the
+adapter that builds the model), or a checkpoint given on the command line. Outputs: the Optuna
+study (`<run>/study.db` unless `search.storage` names one), `<run>/archive.parquet` (each row
+records the checkpoint digest that scored it), `<run>/pareto.parquet`, `<run>/pareto.png`,
+`<run>/search/result.json` and a nested MLflow run.
 
 Rerunning continues: the study and the archive are reloaded, trials that were running when the
-previous driver died are closed, and only the rest of the budget is evaluated.
+previous driver died are closed, and only the rest of the budget is evaluated. A search whose
+checkpoint, val split or space changed starts afresh (the engine moves the old archive aside)
+in a new study named after its fingerprint: a study is never continued over other inputs.
 """
 
 from __future__ import annotations
 
-import json
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
 from orchestrator.config.schema import RunConfig as RaynasConfig
 from orchestrator.errors import UserInputError
-from orchestrator.files import write_json_atomic
 from orchestrator.runtime import check_fits, ensure_ray, trial_resources
 from orchestrator.search.archive import ARCHIVE_FILE, Archive
 from orchestrator.search.pareto import (
@@ -30,17 +32,17 @@ from orchestrator.search.pareto import (
 )
 from orchestrator.search.samplers import constraint_of, make_sampler
 from orchestrator.search.searcher import ArchSearch, metric_names
-from orchestrator.stages import mole as mole_stage
-from orchestrator.stages import supernet as supernet_stage
-from orchestrator.tracking import Tracker, flatten, tracking_uri
+from orchestrator.secrets import redact, resolve
+from orchestrator.stage import StageContext, StageSpec
+from orchestrator.tracking import Tracker, flatten
 from search_spaces import build_space
 from trainables.evaluator import EvalSpec, evaluate_candidate
 from trainables.supernets import load_supernet
 from trainables.train import checkpoint as ckpt
 
 STAGE = "search"
-RESULT = "result.json"
 STUDY_FILE = "study.db"
+FINGERPRINT_ATTR = "raynas.fingerprint"
 
 
 class StudyStorageError(UserInputError):
@@ -51,12 +53,9 @@ def stage_dir(run_dir: str) -> Path:
     return Path(run_dir).resolve() / STAGE
 
 
-def read_result(run_dir: str) -> dict[str, Any] | None:
-    path = stage_dir(run_dir) / RESULT
-    return json.loads(path.read_text()) if path.exists() else None
-
-
 def storage_url(config: RaynasConfig) -> str:
+    """The study storage URL as configured (``${NAME}`` unexpanded): safe to print once
+    redacted; :func:`open_study` expands it."""
     if config.search.storage:
         return config.search.storage
     return f"sqlite:///{Path(config.run_path).resolve() / STUDY_FILE}"
@@ -66,48 +65,46 @@ def study_name(config: RaynasConfig) -> str:
     return config.search.study_name or config.name
 
 
-def resolve_checkpoint(config: RaynasConfig, supernet: str | Path | None = None) -> Path:
-    """The checkpoint the search scores with: `supernet` (a checkpoint folder, a `supernet.pt`
-    file or a run directory) or else the run directory's trained supernet (for TAS-LoRA the
-    `mole` stage's experts and router on top of it)."""
-    stage = mole_stage.STAGE if mole_stage.mole_spec(config) else supernet_stage.STAGE
-    if supernet is not None:
-        path = Path(supernet).resolve()
-        if path.is_file():
-            path = path.parent
-        if (path / ckpt.WEIGHTS).exists():
-            return path
-        done = supernet_stage.read_result(str(path), stage)
-        if done is not None:
-            return Path(done["checkpoint"])
-        raise ckpt.CheckpointError(
-            f"--supernet {supernet}: neither a checkpoint folder (with {ckpt.WEIGHTS}) nor a run "
-            f"directory with a trained {stage} stage ({stage}/result.json)"
-        )
-    done = supernet_stage.read_result(config.run_path, stage)
-    if done is None:
-        raise ckpt.CheckpointError(
-            f"no trained {'supernet' if stage == 'supernet' else 'MoLE supernet'} in "
-            f"{supernet_stage.stage_dir(config.run_path, stage)}; run the {stage} stage first "
-            "(`raynas run CONFIG`) or pass --supernet PATH"
-        )
-    return Path(done["checkpoint"])
+def external_checkpoint(supernet: str | Path) -> dict[str, Any]:
+    """The ``supernet`` input from a path on the command line: a checkpoint folder, its
+    `supernet.pt`, or a run directory whose stages trained one."""
+    from orchestrator.stages.supernet import file_sha256
+
+    path = Path(supernet).resolve()
+    if path.is_file():
+        path = path.parent
+    if (path / ckpt.WEIGHTS).exists():
+        meta = ckpt.load_meta(path)
+        return {
+            "checkpoint": str(path),
+            "checkpoint_sha256": file_sha256(path / ckpt.WEIGHTS),
+            "adapter": meta.get("adapter"),
+        }
+    from orchestrator.stages import latest_output
+
+    done = latest_output(path, "supernet")
+    if done is not None:
+        return {**done, "checkpoint": str(path / done["checkpoint"])}
+    raise ckpt.CheckpointError(
+        f"--supernet {supernet}: neither a checkpoint folder (with {ckpt.WEIGHTS}) nor a run "
+        "directory with a trained supernet (supernet/result.json)"
+    )
 
 
 def open_study(config: RaynasConfig, sampler: Any = None):
     """The run's Optuna storage (its SQLite folder created); one line when it is unusable."""
     import optuna
 
-    url = storage_url(config)
+    url = resolve(storage_url(config), "search.storage")
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     try:
         storage = optuna.storages.RDBStorage(url)
     except Exception as exc:  # SQLAlchemy/driver errors: unreachable server, missing driver, ...
         raise StudyStorageError(
-            f"search.storage={url!r}: cannot open the Optuna storage ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}); allowed: any SQLAlchemy URL Optuna "
-            "supports, e.g. sqlite:///study.db or postgresql://user:pass@host/db"
+            f"search.storage={redact(url)!r}: cannot open the Optuna storage ({type(exc).__name__}: "
+            f"{redact(str(exc).splitlines()[0]) if str(exc) else ''}); allowed: any SQLAlchemy URL "
+            "Optuna supports, e.g. sqlite:///study.db or postgresql://user:${PGPASSWORD}@host/db"
         ) from None
     return storage
 
@@ -135,9 +132,30 @@ def check_study(study: Any, metrics: list[str], name: str, url: str) -> None:
     existing = study.metric_names
     if existing is not None and list(existing) != metrics:
         raise StudyStorageError(
-            f"study {name!r} in {url} optimises {existing}, but the config asks for {metrics}; "
-            "set search.study_name to start a new study, or restore search.objectives"
+            f"study {name!r} in {redact(url)} optimises {existing}, but the config asks for "
+            f"{metrics}; set search.study_name to start a new study, or restore search.objectives"
         )
+
+
+def choose_study(storage: Any, base: str, fingerprint: str) -> tuple[str, Any | None]:
+    """The study this search continues or creates: `base` when it is new or was started by a
+    search with the same inputs (fingerprint), else ``<base>-<fingerprint>``, a new study.
+    Returns (name, the existing study or None)."""
+    import optuna
+
+    for name in (base, f"{base}-{fingerprint[:8]}"):
+        try:
+            study = optuna.load_study(study_name=name, storage=storage)
+        except KeyError:
+            return name, None
+        if study.user_attrs.get(FINGERPRINT_ATTR) in (None, fingerprint) and (
+            study.user_attrs.get(FINGERPRINT_ATTR) is not None or not study.trials
+        ):
+            return name, study
+    raise StudyStorageError(
+        f"studies {base!r} and {base}-{fingerprint[:8]!r} hold searches of other inputs; set "
+        "search.study_name to a new name"
+    )
 
 
 def enqueue_extremes(study: Any, space: Any, constraint: Any) -> None:
@@ -176,53 +194,44 @@ class Progress:
         self.tracker.log_metrics(self.run_id, values, step=self.count)
 
 
-def run_search_stage(
-    config: RaynasConfig,
-    tracker: Tracker | None = None,
-    supernet: str | Path | None = None,
-) -> dict[str, Any]:
+def run(ctx: StageContext) -> dict[str, Any]:
     """Search subnets of the trained supernet; returns the stage result."""
     import optuna
 
-    run_dir = config.run_path
+    config, run_dir = ctx.config, ctx.run_dir
     search = config.search
-    done = read_result(run_dir)
-    if done is not None and (done["evaluated"] >= search.budget or done.get("exhausted")):
-        print(f"[search] already evaluated {done['evaluated']} candidates; skipping", flush=True)
-        return done
-
+    trained = ctx.input("supernet")
+    checkpoint = ctx.path(trained["checkpoint"])
+    adapter = trained.get("adapter")
     space = build_space(**config.space_spec)
-    checkpoint = resolve_checkpoint(config, supernet)
-    load_supernet(space, checkpoint, mole_stage.mole_spec(config))  # corrupt/mismatched: fail now
+    load_supernet(space, checkpoint, adapter)  # corrupt/mismatched: fail now
     metrics = metric_names(search.objectives)
     constraint = constraint_of(search, space)
-    archive = Archive.load(Path(run_dir).resolve() / ARCHIVE_FILE)
+    archive = Archive.load(
+        run_dir / ARCHIVE_FILE, stamp={"scored_by": trained.get("checkpoint_sha256")}
+    )
 
     storage = open_study(config)
-    name = study_name(config)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        existing = optuna.load_study(study_name=name, storage=storage)
+    name, existing = choose_study(storage, study_name(config), ctx.fingerprint)
+    if existing is not None:
         check_study(existing, metrics, name, storage_url(config))
-        trials_so_far = len(existing.trials)
-    except KeyError:
-        trials_so_far = 0
+    trials_so_far = len(existing.trials) if existing is not None else 0
     sampler = make_sampler(search, space, config.seed, trials_so_far, constraint)
 
-    owns_tracker = tracker is None
-    tracker = tracker or Tracker(
-        tracking_uri(config.tracking.uri, run_dir), config.tracking.experiment, run_dir, config.name
-    )
-    run_id = tracker.stage_run(STAGE)
-    if owns_tracker:
-        tracker.log_params(tracker.parent_run_id, flatten(config.model_dump(mode="json")))
+    tracker: Tracker = ctx.tracker
     tracker.log_params(
-        run_id,
+        ctx.run_id,
         flatten(
-            {"search": config.model_dump(mode="json")["search"], "checkpoint": str(checkpoint)}
+            {
+                "search": config.model_dump(mode="json")["search"],
+                "checkpoint": trained["checkpoint"],
+                "checkpoint_sha256": trained.get("checkpoint_sha256"),
+                "study": name,
+            }
         ),
     )
-    progress = Progress(search.budget, len(archive), tracker, run_id)
+    progress = Progress(search.budget, len(archive), tracker, ctx.run_id)
     searcher = ArchSearch(
         space,
         objectives=search.objectives,
@@ -234,6 +243,8 @@ def run_search_stage(
         on_evaluated=progress,
     )
     study = searcher.study
+    study.set_user_attr(FINGERPRINT_ATTR, ctx.fingerprint)
+    study.set_user_attr("raynas.checkpoint_sha256", trained.get("checkpoint_sha256"))
     closed = reconcile(study, archive, metrics)
     if closed:
         print(f"[search] closed {closed} trials left running by an interrupted run", flush=True)
@@ -246,39 +257,56 @@ def run_search_stage(
     if remaining > 0:
         print(
             f"[search] {search.strategy}: {remaining} of {search.budget} candidates to evaluate "
-            f"with {search.resources.workers} workers; study {name!r} in {storage_url(config)}",
+            f"with {search.resources.workers} workers; study {name!r} in "
+            f"{redact(storage_url(config))}",
             flush=True,
         )
-        failed = _tune(config, space, checkpoint, searcher, remaining)
+        failed = _tune(config, space, checkpoint, adapter, searcher, remaining, ctx.folder)
     ok = len(archive) >= search.budget or searcher.exhausted
-    outcome = _finish(config, archive, searcher, checkpoint, time.time() - started, failed)
+    outcome = _finish(config, archive, searcher, ctx, time.time() - started, failed, name)
     if not ok:
-        tracker.finish(run_id, ok=False)
-        if owns_tracker:
-            tracker.finish(tracker.parent_run_id, ok=False)
         raise UserInputError(
-            f"search evaluated {len(archive)} of {search.budget} candidates ({failed} trials failed; "
-            f"see {stage_dir(run_dir) / 'tune'}); rerun to continue with the rest"
+            f"search evaluated {len(archive)} of {search.budget} candidates ({failed} trials "
+            f"failed; see {ctx.folder / 'tune'}); rerun to continue with the rest"
         )
-    write_json_atomic(stage_dir(run_dir) / RESULT, outcome)
     tracker.log_metrics(
-        run_id,
+        ctx.run_id,
         {
             k: outcome[k]
             for k in ("evaluated", "rejected", "duplicates", "failed", "hypervolume", "front_size")
         },
     )
-    root = Path(run_dir).resolve()
     for name_ in (ARCHIVE_FILE, "pareto.parquet", PLOT_FILE):
-        tracker.client.log_artifact(run_id, str(root / name_))
-    tracker.client.log_artifact(run_id, str(stage_dir(run_dir) / RESULT))
-    tracker.finish(run_id, ok=True)
-    if owns_tracker:
-        tracker.finish(tracker.parent_run_id, ok=True)
+        tracker.client.log_artifact(ctx.run_id, str(run_dir / name_))
     return outcome
 
 
-def _tune(config: RaynasConfig, space: Any, checkpoint: Path, searcher: ArchSearch, n: int) -> int:
+SPEC = StageSpec(
+    name=STAGE,
+    run=run,
+    reads=("seed", "data", "space", "search", "supernet.precision"),
+    ignores=("search.resources", "search.max_trial_failures", "search.eval_batch_size"),
+    extends=("search.budget",),
+    needs=("supernet",),
+    provides={"front": ("front", "checkpoint", "checkpoint_sha256", "adapter")},
+    writes=(ARCHIVE_FILE, "pareto.parquet", PLOT_FILE),
+    describe="score subnets with inherited weights in parallel (Ray Tune + Optuna)",
+)
+
+
+class TrialsFailed(RuntimeError):
+    """Evaluation trials crashed: a bug or a broken environment, reported with its traceback."""
+
+
+def _tune(
+    config: RaynasConfig,
+    space: Any,
+    checkpoint: Path,
+    adapter: dict[str, Any] | None,
+    searcher: ArchSearch,
+    n: int,
+    folder: Path,
+) -> int:
     """Run `n` evaluation trials through Ray Tune; returns how many trials errored."""
     from ray import tune
 
@@ -293,7 +321,7 @@ def _tune(config: RaynasConfig, space: Any, checkpoint: Path, searcher: ArchSear
         batch_size=search.eval_batch_size,
         precision=config.supernet.precision,
         latency_batch_size=search.latency_batch_size if measure else None,
-        mole=mole_stage.mole_spec(config),
+        mole=adapter,
     )
     trainable = tune.with_resources(
         tune.with_parameters(evaluate_candidate, spec=spec), trial_resources(search.resources)
@@ -308,15 +336,22 @@ def _tune(config: RaynasConfig, space: Any, checkpoint: Path, searcher: ArchSear
         ),
         run_config=tune.RunConfig(
             name="tune",
-            storage_path=str(stage_dir(config.run_path)),
+            storage_path=str(folder),
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=search.max_trial_failures),
         ),
     )
     results = tuner.fit()
     errors = [r.error for r in results if r.error is not None]
+    if errors and len(searcher.archive) < config.search.budget and not searcher.exhausted:
+        first = "".join(traceback.format_exception(errors[0])).rstrip()
+        raise TrialsFailed(
+            f"search: {len(errors)} of {n} evaluation trials failed "
+            f"(search.max_trial_failures={config.search.max_trial_failures} retries each); "
+            f"the first one's error:\n{first}"
+        )
     if errors:
-        print(f"[search] {len(errors)} trials failed; first: {errors[0]!r}"[:2000], flush=True)
+        print(f"[search] {len(errors)} trials failed; the budget was still met", flush=True)
     return len(errors)
 
 
@@ -324,12 +359,14 @@ def _finish(
     config: RaynasConfig,
     archive: Archive,
     searcher: ArchSearch,
-    checkpoint: Path,
+    ctx: StageContext,
     seconds: float,
     failed: int,
+    study: str,
 ) -> dict[str, Any]:
-    """Pareto front, plot and the stage result (not yet written)."""
-    run_dir = Path(config.run_path).resolve()
+    """Pareto front, plot and the stage result (written by the engine)."""
+    run_dir = ctx.run_dir
+    trained = ctx.input("supernet")
     rows = archive.rows
     front = pareto_front(rows, config.search.objectives)
     write_front(front, run_dir)
@@ -349,9 +386,11 @@ def _finish(
         "seconds": seconds,
         "strategy": config.search.strategy,
         "objectives": list(config.search.objectives),
-        "study": study_name(config),
-        "storage": storage_url(config),
-        "checkpoint": str(checkpoint),
+        "study": study,
+        "storage": redact(storage_url(config)),
+        "checkpoint": trained["checkpoint"],
+        "checkpoint_sha256": trained.get("checkpoint_sha256"),
+        "adapter": trained.get("adapter"),
         "front": [r["arch_id"] for r in front],
         "front_size": len(front),
         "hypervolume": hypervolume_2d(rows),

@@ -1,16 +1,17 @@
 """The `supernet` stage: data-parallel one-shot training on Ray Train.
 
-Outputs in the run directory: `supernet/epoch_NNNN/` checkpoints (Ray Train storage) and
-`supernet/result.json` (history, latest checkpoint), written only once training completed.
-Restarting the stage resumes from the latest checkpoint; a completed stage is skipped unless the
-config asks for more epochs.
+Outputs in the run directory: `supernet/epoch_NNNN/` checkpoints (Ray Train storage; the newest
+`supernet.keep_checkpoints` are kept) and `supernet/result.json` (history, the checkpoint Ray
+Train registered last), written by the engine once training completed. Restarting the stage
+resumes from the checkpoint Ray Train registered; more `supernet.epochs` continue training.
 
-The machinery (`run_training_stage` with a `TrainingPlan`) is shared with TAS-LoRA's `mole`
-stage, which trains experts and router on top of the trained supernet the same way.
+The machinery (`run_training` with a `TrainingPlan`) is shared with TAS-LoRA's `mole` stage,
+which trains experts and router on top of the trained supernet the same way.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -24,9 +25,9 @@ from ray.train.torch import TorchTrainer
 from orchestrator.config.schema import Resources
 from orchestrator.config.schema import RunConfig as RaynasConfig
 from orchestrator.errors import UserInputError
-from orchestrator.files import write_json_atomic
 from orchestrator.runtime import check_fits, ensure_ray, worker_resources
-from orchestrator.tracking import Tracker, flatten, tracking_uri
+from orchestrator.stage import StageContext, StageSpec
+from orchestrator.tracking import Tracker, flatten
 from search_spaces import build_space
 from trainables.data import load_splits
 from trainables.supernets import base_of, build_supernet
@@ -35,7 +36,7 @@ from trainables.train.config import SupernetTrainConfig
 from trainables.train.loop import WorkerSpec, check_data_fits_space, train_worker
 
 STAGE = "supernet"
-RESULT = "result.json"
+SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of registered checkpoints
 
 
 class EpochLogger(ray.train.UserCallback):
@@ -87,6 +88,7 @@ class TrainingPlan:
     train: SupernetTrainConfig
     resources: Resources
     max_failures: int
+    keep_checkpoints: int = 2
     init_from: str | None = None  # checkpoint whose weights start the (base) supernet
     mole: dict[str, Any] | None = None  # MoLE spec (TAS-LoRA); None: the plain supernet
     group_init_steps: int = 0
@@ -101,6 +103,7 @@ def supernet_plan(config: RaynasConfig) -> TrainingPlan:
         train=config.supernet,
         resources=config.supernet.resources,
         max_failures=config.supernet.max_failures,
+        keep_checkpoints=config.supernet.keep_checkpoints,
         params={k: dumped[k] for k in ("seed", "data", "space", "supernet")},
     )
 
@@ -109,18 +112,35 @@ def stage_dir(run_dir: str, stage: str = STAGE) -> Path:
     return Path(run_dir).resolve() / stage
 
 
-def read_result(run_dir: str, stage: str = STAGE) -> dict[str, Any] | None:
-    path = stage_dir(run_dir, stage) / RESULT
-    return json.loads(path.read_text()) if path.exists() else None
+def registered_checkpoint(run_dir: str, stage: str = STAGE) -> Path | None:
+    """The checkpoint Ray Train registered last (what a restarted trainer resumes from), read
+    from Ray Train's snapshot; None before the first one. A folder that a dying driver left
+    without registering it is never used."""
+    path = stage_dir(run_dir, stage) / SNAPSHOT
+    if not path.exists():
+        return None
+    try:
+        latest = json.loads(path.read_text()).get("latest_checkpoint_result") or {}
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ckpt.CheckpointError(
+            f"{path}: Ray Train's checkpoint record is damaged: {exc}"
+        ) from None
+    name = latest.get("checkpoint_dir_name")
+    return stage_dir(run_dir, stage) / name if name else None
 
 
-def latest_checkpoint(run_dir: str, stage: str = STAGE) -> Path | None:
-    folders = sorted(stage_dir(run_dir, stage).glob("epoch_[0-9][0-9][0-9][0-9]"))
-    return folders[-1] if folders else None
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a checkpoint's weights: which supernet scored an archive row."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
-def preflight(config: RaynasConfig, plan: TrainingPlan) -> None:
-    """Everything that can be checked on the driver, before any worker starts."""
+def preflight(config: RaynasConfig, plan: TrainingPlan):
+    """Everything that can be checked on the driver, before any worker starts; returns the
+    train and val splits (for the MLflow dataset record)."""
     space = build_space(**config.space_spec)
     splits = load_splits(config.data, ("train", "val"), purpose=f"{plan.stage}-preflight")
     check_data_fits_space(splits, space)
@@ -130,13 +150,14 @@ def preflight(config: RaynasConfig, plan: TrainingPlan) -> None:
             f"supernet.batch_size={batch} needs >= 1 image per worker "
             f"({workers} workers of {plan.stage}) and at most the {len(splits.train)} train images"
         )
-    latest = latest_checkpoint(config.run_path, plan.stage)
+    latest = registered_checkpoint(config.run_path, plan.stage)
     if latest is not None:
         ckpt.load_into(build_supernet(space, plan.mole), latest)
         ckpt.load_train_state(latest)
         ckpt.load_meta(latest)
     elif plan.init_from is not None:
         ckpt.load_into(base_of(build_supernet(space, plan.mole)), plan.init_from)
+    return splits
 
 
 def backfill_history(tracker: Tracker, run_id: str, latest: Path | None) -> set[int]:
@@ -152,33 +173,15 @@ def backfill_history(tracker: Tracker, run_id: str, latest: Path | None) -> set[
     return logged
 
 
-def run_supernet_stage(config: RaynasConfig, tracker: Tracker | None = None) -> dict[str, Any]:
-    """Train (or finish training) the supernet of `config`; returns the stage result."""
-    return run_training_stage(config, supernet_plan(config), tracker)
-
-
-def run_training_stage(
-    config: RaynasConfig, plan: TrainingPlan, tracker: Tracker | None = None
-) -> dict[str, Any]:
+def run_training(ctx: StageContext, plan: TrainingPlan) -> dict[str, Any]:
     """Run (or finish) the training stage `plan` on Ray Train; returns the stage result."""
-    run_dir, stage = config.run_path, plan.stage
-    done = read_result(run_dir, stage)
-    if done is not None and done["epochs"] >= plan.train.epochs:
-        print(
-            f"[{stage}] already trained for {done['epochs']} epochs in {stage_dir(run_dir, stage)}; "
-            "skipping",
-            flush=True,
-        )
-        return done
-    preflight(config, plan)
-    owns_tracker = tracker is None  # then this stage is the whole run and closes the parent run too
-    tracker = tracker or Tracker(
-        tracking_uri(config.tracking.uri, run_dir), config.tracking.experiment, run_dir, config.name
-    )
-    run_id = tracker.stage_run(stage)
-    tracker.log_params(tracker.parent_run_id, flatten(config.model_dump(mode="json")))
+    config, run_dir, stage = ctx.config, str(ctx.run_dir), plan.stage
+    splits = preflight(config, plan)
+    tracker: Tracker = ctx.tracker
+    run_id = ctx.run_id
+    tracker.log_dataset(run_id, splits, config.data, context="train")
     tracker.log_params(run_id, flatten(plan.params))
-    logged = backfill_history(tracker, run_id, latest_checkpoint(run_dir, stage))
+    logged = backfill_history(tracker, run_id, registered_checkpoint(run_dir, stage))
     local = ensure_ray(config.ray)
     resources = plan.resources
     check_fits(resources, stage, local)
@@ -188,7 +191,7 @@ def run_training_stage(
         data=config.data,
         space=config.space_spec,
         seed=config.seed,
-        run_dir=str(Path(run_dir).resolve()),
+        run_dir=run_dir,
         stage=stage,
         init_from=plan.init_from,
         mole=plan.mole,
@@ -206,38 +209,58 @@ def run_training_stage(
         ),
         run_config=RunConfig(
             name=stage,
-            storage_path=str(Path(run_dir).resolve()),
+            storage_path=run_dir,
             failure_config=FailureConfig(max_failures=plan.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=None),
+            checkpoint_config=CheckpointConfig(num_to_keep=plan.keep_checkpoints),
             callbacks=[EpochLogger(tracker.uri, run_id, logged)],
         ),
     )
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as exc:
-        tracker.finish(run_id, ok=False)
-        if owns_tracker:
-            tracker.finish(tracker.parent_run_id, ok=False)
         user_error = _user_error_in(exc)
         if user_error is not None:
             raise user_error from None
         raise
-    latest = latest_checkpoint(run_dir, stage)
-    meta = ckpt.load_meta(latest)
-    outcome = {
+    if result.checkpoint is None:
+        raise RuntimeError(f"{stage}: Ray Train finished without registering a checkpoint")
+    checkpoint = Path(result.checkpoint.path)
+    meta = ckpt.load_meta(checkpoint)
+    tracker.client.log_artifacts(run_id, str(checkpoint), artifact_path="checkpoint")
+    return {
         "epochs": meta["epoch"],
-        "checkpoint": str(latest),
+        "checkpoint": ctx.rel(checkpoint),
+        "checkpoint_sha256": file_sha256(checkpoint / ckpt.WEIGHTS),
+        "adapter": plan.mole,
         "history": meta["history"],
         "metrics": result.metrics,
         "mlflow_run_id": run_id,
     }
-    write_json_atomic(stage_dir(run_dir, stage) / RESULT, outcome)
-    tracker.client.log_artifacts(run_id, str(latest), artifact_path="checkpoint")
-    tracker.client.log_artifact(run_id, str(stage_dir(run_dir, stage) / RESULT))
-    tracker.finish(run_id, ok=True)
-    if owns_tracker:
-        tracker.finish(tracker.parent_run_id, ok=True)
-    return outcome
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    return run_training(ctx, supernet_plan(ctx.config))
+
+
+#: Training outputs a later stage scores with: the checkpoint and how to build its model.
+TRAINED_MODEL = ("checkpoint", "checkpoint_sha256", "adapter")
+
+SPEC = StageSpec(
+    name=STAGE,
+    run=run,
+    reads=("seed", "data", "space", "supernet"),
+    ignores=(
+        "supernet.resources",
+        "supernet.max_failures",
+        "supernet.inject_failure",
+        "supernet.keep_checkpoints",
+        "supernet.eval_batch_size",
+        "supernet.record_archs",
+    ),
+    extends=("supernet.epochs",),
+    provides={"supernet": TRAINED_MODEL},
+    describe="train the weight-sharing supernet on Ray Train",
+)
 
 
 def _user_error_in(exc: BaseException) -> UserInputError | None:

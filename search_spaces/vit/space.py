@@ -136,6 +136,9 @@ class ViTSpace(SearchSpace):
         self.validate(arch)
         return {"builder": _BUILDER, "kwargs": vit_timm_kwargs(self.config, arch)}
 
+    def export_requirements(self) -> list[str]:
+        return ["torch", "timm"]
+
 
 def _plain_scalar(value: Any) -> Any:
     """numpy scalars (an archive read back from parquet) as the Python int/float they hold."""

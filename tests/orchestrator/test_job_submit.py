@@ -242,7 +242,7 @@ def test_ray_job_submit_runs_the_pipeline_on_a_token_auth_cluster(tmp_path, clus
     assert supernet["epochs"] == 1
     search = json.loads((run_dir / "search" / "result.json").read_text())
     assert search["evaluated"] == search["budget"] == 8, search
-    for name in ("archive.parquet", "pareto.parquet", "export/summary.json", "report.md"):
+    for name in ("archive.parquet", "pareto.parquet", "export/result.json", "report.md"):
         assert (run_dir / name).is_file(), name
     assert "[search] 8/8" in logs, logs[-6000:]
     # MLflow artifacts (checkpoint, archive, exported models, report) beside mlflow.db

@@ -24,11 +24,11 @@ from safetensors.torch import load_file
 
 from orchestrator.config import parse
 from orchestrator.config.schema import RayConfig
-from orchestrator.pipeline import run_pipeline
+from orchestrator.pipeline import run_pipeline, run_stages
 from orchestrator.runtime import local_cluster_env
 from orchestrator.search.archive import encoded_of
 from orchestrator.search.pareto import dominates, pareto_front
-from orchestrator.stages.search import run_search_stage, storage_url
+from orchestrator.stages.search import external_checkpoint, storage_url
 from orchestrator.tracking import tracking_uri
 from search_spaces import build_from_spec, build_space
 from tests.helpers.configs import tiny_run
@@ -156,7 +156,7 @@ def test_exported_models_reproduce_the_search_and_load_with_mlflow(finished):
     splits = load_splits(config.data, ("val",), purpose="test-check")
     x, _ = splits.val.batch(list(range(16)))
     for model_info in summary["models"]:
-        folder = Path(model_info["path"])
+        folder = Path(config.run_path) / model_info["path"]
         assert folder.name == model_info["arch_id"]
         # the standalone timm model scores what the supernet scored for its arch (same images)
         assert abs(model_info["val_top1_extracted"] - model_info["val_top1"]) < 0.01
@@ -252,7 +252,10 @@ def test_every_strategy_searches_the_trained_supernet(finished, tmp_path, strate
         name=f"s-{strategy}",
         search={"strategy": strategy, "budget": 6, "objectives": ["params", "latency"]},
     )
-    searched = run_search_stage(parse(data, "test"), supernet=outcomes["supernet"]["checkpoint"])
+    given = external_checkpoint(Path(config.run_path) / outcomes["supernet"]["checkpoint"])
+    searched = run_stages(parse(data, "test"), only=["search"], inputs={"supernet": given})[
+        "search"
+    ]
     rows = pq.read_table(tmp_path / "run" / "archive.parquet").to_pylist()
     assert searched["evaluated"] == len(rows) == 6 and len({r["arch_id"] for r in rows}) == 6
     assert all(r["latency_ms"] > 0 for r in rows)  # measured because it is an objective

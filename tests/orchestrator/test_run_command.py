@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from orchestrator import rundir
 from orchestrator.config import parse
-from orchestrator.stages.search import read_result
+from orchestrator.stage import read_result
 from search_spaces import build_space
 from tests.helpers.configs import SMALL_SPACE, tiny_run
 from tests.helpers.servers import free_port
@@ -55,17 +55,17 @@ def test_resume_after_killing_the_search_evaluates_each_arch_once(tmp_path, rayn
     os.killpg(process.pid, signal.SIGKILL)  # the driver and the local Ray it started
     process.wait()
     interrupted = archive_size(run_dir)
-    assert 4 <= interrupted < 14 and read_result(str(run_dir)) is None
+    assert 4 <= interrupted < 14 and read_result(str(run_dir), "search") is None
 
     resumed = raynas(
         "run", "--resume", str(run_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     output, _ = resumed.communicate(timeout=480)
     assert resumed.returncode == 0, output[-3000:]
-    assert "[supernet] already trained" in output
+    assert "[supernet] up to date; skipping" in output
     rows = pq.read_table(run_dir / "archive.parquet").to_pylist()
     assert len(rows) == 14 and len({r["arch_id"] for r in rows}) == 14
-    outcome = read_result(str(run_dir))
+    outcome = read_result(str(run_dir), "search")
     assert outcome["evaluated"] == 14
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{run_dir / 'study.db'}")
     assert not study.get_trials(states=(TrialState.RUNNING,))

@@ -14,8 +14,8 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.config import parse
 from orchestrator.config.schema import RayConfig
+from orchestrator.pipeline import run_stages
 from orchestrator.runtime import local_cluster_env
-from orchestrator.stages.supernet import run_supernet_stage
 from search_spaces import build_space
 from tests.helpers.servers import mlflow_server
 from trainables.data import load_splits
@@ -56,6 +56,11 @@ def ray_cluster():
     ray.shutdown()
 
 
+def train_supernet(config):
+    """The supernet stage alone, as `raynas train` runs it."""
+    return run_stages(config, only=["supernet"])["supernet"]
+
+
 def epochs_logged(uri: str, run_id: str, metric: str = "train_loss") -> list[int]:
     return [m.step for m in MlflowClient(uri).get_metric_history(run_id, metric)]
 
@@ -65,7 +70,7 @@ def trained(tmp_path_factory, ray_cluster):
     """One 2-epoch sandwich run recording its archs; several tests read it."""
     run_dir = tmp_path_factory.mktemp("run")
     config = parse(make_config(run_dir, train=3072, sampling="sandwich", record_archs=True), "test")
-    return config, run_supernet_stage(config)
+    return config, train_supernet(config)
 
 
 def test_training_improves_val_accuracy_and_writes_checkpoints(trained):
@@ -140,15 +145,15 @@ def test_mlflow_sqlite_store_has_parent_and_nested_runs(trained):
 
 def test_completed_stage_is_skipped(trained, capsys):
     config, outcome = trained
-    assert run_supernet_stage(config) == outcome
-    assert "already trained for 2 epochs" in capsys.readouterr().out
+    assert train_supernet(config) == outcome
+    assert "[supernet] up to date; skipping" in capsys.readouterr().out
 
 
 def test_mlflow_server_receives_the_runs(tmp_path, ray_cluster):
     with mlflow_server(tmp_path) as uri:
         data = make_config(tmp_path / "run", epochs=1)
         data["tracking"] = {"uri": uri, "experiment": "server-test"}
-        outcome = run_supernet_stage(parse(data, "test"))
+        outcome = train_supernet(parse(data, "test"))
         client = MlflowClient(uri)
         run = client.get_run(outcome["mlflow_run_id"])
         assert run.info.status == "FINISHED"
@@ -164,7 +169,7 @@ def test_worker_failure_recovers_from_last_checkpoint(tmp_path, ray_cluster):
     data = make_config(
         tmp_path, epochs=3, max_failures=1, inject_failure={"epoch": 2, "step": 5, "rank": 1}
     )
-    outcome = run_supernet_stage(parse(data, "test"))
+    outcome = train_supernet(parse(data, "test"))
     assert (tmp_path / "supernet" / ".failure_injected").exists()  # the failure did happen
     assert [h["epoch"] for h in outcome["history"]] == [1, 2, 3]
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -179,8 +184,8 @@ def test_corrupt_checkpoint_fails_before_training(trained, tmp_path):
     shutil.copytree(config.run_path, copy)
     (copy / "supernet" / "result.json").unlink()
     (copy / "supernet" / "epoch_0002" / "supernet.pt").write_bytes(b"not a checkpoint")
-    data = make_config(copy, train=3072, epochs=3)
+    data = make_config(copy, train=3072, epochs=3, sampling="sandwich", record_archs=True)
     with pytest.raises(
         ckpt.CheckpointError, match=r"epoch_0002/supernet.pt is corrupt or not a torch file"
     ):
-        run_supernet_stage(parse(data, "test"))
+        train_supernet(parse(data, "test"))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.stages.supernet import read_result
+from orchestrator.stage import read_result
 from tests.helpers.servers import free_port
 from tests.orchestrator.test_supernet_stage import epochs_logged, make_config
 
@@ -69,12 +69,12 @@ def test_resume_after_killing_the_driver(tmp_path, raynas):
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     log.close()
-    assert read_result(str(tmp_path / "run")) is None  # not complete
+    assert read_result(str(tmp_path / "run"), "supernet") is None  # not complete
     second = raynas("train", str(path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     output, _ = second.communicate(timeout=600)
     assert second.returncode == 0, output[-3000:]
     assert "[supernet] epoch 1/2" not in output and "[supernet] epoch 2/2" in output
-    result = read_result(str(tmp_path / "run"))
+    result = read_result(str(tmp_path / "run"), "supernet")
     assert [h["epoch"] for h in result["history"]] == [1, 2]
     uri = f"sqlite:///{tmp_path / 'run' / 'mlflow.db'}"
     assert epochs_logged(uri, result["mlflow_run_id"]) == [1, 2]

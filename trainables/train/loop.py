@@ -288,6 +288,7 @@ def train_worker(config: dict[str, Any]) -> None:
                         "epoch": epoch,
                         "history": history,
                         "space": spec.space,
+                        "adapter": spec.mole,
                         "probes": {n: arch_id(a) for n, a in probes.items()},
                         "world_size": world,
                     },
