@@ -75,7 +75,7 @@ def validate(
     """Check a run config without running anything (exit 0 when valid)."""
     import yaml
 
-    from orchestrator.config import load_config, unimplemented_family
+    from orchestrator.config import load_config
 
     cfg = load_config(config, set_)
     space = f"{cfg.family}/{cfg.space.preset or 'default'}"
@@ -84,9 +84,6 @@ def validate(
         f"stages {' -> '.join(cfg.stage_names)}, run dir {cfg.run_path}",
         highlight=False,
     )
-    note = unimplemented_family(cfg)
-    if note:
-        err.print(f"note: {note}", highlight=False)
     if show:
         typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 

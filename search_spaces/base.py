@@ -25,9 +25,10 @@ import hashlib
 import importlib
 import json
 import random
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
+import torch
 from torch import nn
 
 Arch = Any
@@ -134,6 +135,85 @@ class Supernet(nn.Module, metaclass=abc.ABCMeta):
         """A standalone model with copies of ``arch``'s weights, equal in output to
         ``self(x, arch)`` (eval mode). It shares no storage with the supernet."""
 
+    # ---- hooks the engine calls (trainables/); each has a default that fits most families ---
+    def forward_features(self, x: Any, arch: Arch) -> Any:
+        """Pre-logits features ``(B, width)`` of ``arch`` on ``x``: what the classifier head
+        reads (the feature-collapse analysis compares them across subnets). Families that
+        support the analysis override this; the default refuses, naming the supernet."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not provide pre-logits features (forward_features)"
+        )
+
+    def no_weight_decay(self) -> set[str]:
+        """Full parameter names (as in ``named_parameters()``) that get no weight decay beyond
+        the default rule of :meth:`param_groups` (timm's ``no_weight_decay``). Default: none."""
+        return set()
+
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """Optimizer parameter groups of the trainable parameters (``requires_grad``).
+
+        Default (timm's rule): ``[{decay params, weight_decay}, {no-decay params, 0.0}]``,
+        where a parameter gets no decay when it has at most one dimension (biases, norm
+        weights) or its name is in :meth:`no_weight_decay`. Always these two groups, in this
+        order, so an optimizer state saved by one run loads in the next. Every trainable
+        parameter is in exactly one group.
+        """
+        skip = set(self.no_weight_decay())
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            if param.requires_grad:
+                (no_decay if param.ndim <= 1 or name in skip else decay).append(param)
+        return [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+
+    def prepare_training(
+        self, space: SearchSpace, *, seed: int, init_steps: int = 0, freeze_base: bool = True
+    ) -> str | None:
+        """Called once by a training worker after the weights are loaded, before the optimizer
+        is built: model-specific initialisation and freezing.
+
+        ``init_steps`` > 0 asks for the supernet's own initialisation (e.g. TAS-LoRA's
+        group-wise router fit), only on a fresh start (never on resume); ``freeze_base`` asks a
+        supernet that wraps a base (an adapter) to train only what it adds. ``seed`` makes the
+        result identical on every rank. Returns one line for the log, or None. Default: nothing
+        to do (a plain supernet has neither).
+        """
+        return None
+
+    def has_batchnorm(self) -> bool:
+        """True when any submodule is a BatchNorm layer (its running statistics then need
+        :meth:`recalibrate` before scoring a subnet with inherited weights)."""
+        return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.modules())
+
+    @torch.no_grad()
+    def recalibrate(self, arch: Arch, batches: Iterable[Any]) -> None:
+        """Re-estimate BatchNorm running statistics for ``arch`` on a few train ``batches``.
+
+        A weight-sharing supernet's BN statistics mix every subnet it trained, so a discrete
+        subnet scored with inherited weights needs its own (cell spaces). Default: reset every
+        BN layer's running stats, run ``arch`` in train mode over ``batches`` (inputs only,
+        cumulative average: ``momentum=None``), restore momentum and the train/eval mode. A
+        no-op for a supernet without BatchNorm. Families with another rule override this.
+        """
+        norms = [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not norms:
+            return
+        was_training = self.training
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None
+        self.train()
+        try:
+            for x in batches:
+                self(x, arch)
+        finally:
+            for m, momentum in zip(norms, momenta, strict=True):
+                m.momentum = momentum
+            self.train(was_training)
+
 
 class SearchSpace(abc.ABC):
     """One family's space of architectures; plain Python, no Ray/MLflow/Optuna at import.
@@ -228,6 +308,15 @@ class SearchSpace(abc.ABC):
     def export_requirements(self) -> list[str]:
         """pip requirements of an exported model (logged with it to MLflow)."""
         return ["torch"]
+
+    def wrap_supernet(self, base: Supernet, adapter: Mapping[str, Any]) -> Supernet:
+        """``base`` wrapped with the adapter that the plain-data spec ``adapter`` describes
+        (TAS-LoRA's experts and router for the ViT family). The spec is what run results and
+        checkpoint metadata record as ``"adapter"``. Default: this family has no adapters."""
+        raise ValueError(
+            f"search-space family {self.family!r} has no adapters; got adapter settings "
+            f"{sorted(adapter)}"
+        )
 
     # ---- identity and serialisation (shared) --------------------------------------------------
     def arch_id(self, arch: Arch) -> str:

@@ -4,10 +4,18 @@ An :class:`Evaluator` holds one loaded supernet and the VAL split on one device.
 costs a checkpoint load and a dataset decode, so each worker process keeps them in a cache keyed
 by the :class:`EvalSpec`; Ray Tune reuses the trial actors (``reuse_actors=True``), so a worker
 pays that cost once and then only runs forward passes. The test split is never loaded here.
+
+BatchNorm. A supernet with BatchNorm layers (cell spaces) holds running statistics that mix
+every subnet it trained, so before scoring an arch the evaluator lets the supernet re-estimate
+them for that arch (``Supernet.recalibrate``) on a small FIXED slice of the TRAIN split: the
+first ``recalibration_batches x batch_size`` train images, loaded once per worker, the same for
+every arch. It costs that many forward passes per arch. A supernet without BatchNorm (the ViT
+family) skips it: no train images are loaded and its scores are unchanged.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
@@ -34,7 +42,8 @@ class EvalSpec:
     precision: str = "auto"
     latency_batch_size: int | None = None  # None: no latency measurement
     latency_repeats: int = 10
-    mole: dict[str, Any] | None = None  # TAS-LoRA: score with router-mixed expert weights
+    mole: dict[str, Any] | None = None  # adapter spec (TAS-LoRA: router-mixed expert weights)
+    recalibration_batches: int = 4  # BatchNorm supernets only: train batches per arch
 
     def key(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, default=str)
@@ -52,14 +61,36 @@ class Evaluator:
         self.dtype = autocast_dtype(spec.precision, self.device)
         supernet = load_supernet(self.space, spec.checkpoint, spec.mole)
         self.supernet = supernet.to(self.device).eval()
-        splits = load_splits(spec.data, ("val",), purpose="search")
+        recalibrate = self.supernet.has_batchnorm() and spec.recalibration_batches > 0
+        wanted = ("train", "val") if recalibrate else ("val",)
+        splits = load_splits(spec.data, wanted, purpose="search")
         check_data_fits_space(splits, self.space)
         self.val = splits.split("val")
         self.indices = list(range(len(self.val)))
+        self.recalibration: list[torch.Tensor] = []
+        if recalibrate:  # a fixed slice of train images, on the device, reused for every arch
+            train = splits.split("train")
+            count = min(len(train), spec.recalibration_batches * spec.batch_size)
+            for start in range(0, count, spec.batch_size):
+                x, _ = train.batch(list(range(start, min(start + spec.batch_size, count))))
+                self.recalibration.append(x.to(self.device))
+
+    def recalibrate(self, arch: Any) -> None:
+        """Re-estimate the supernet's BatchNorm statistics for `arch` (no-op without BN)."""
+        if not self.recalibration:
+            return
+        with (
+            torch.autocast(self.device.type, dtype=self.dtype)
+            if self.dtype
+            else contextlib.nullcontext()
+        ):
+            self.supernet.recalibrate(arch, self.recalibration)
 
     @torch.no_grad()
     def score(self, arch: Any) -> dict[str, float]:
-        """Val top-1 (%) and mean cross-entropy of `arch` with inherited weights."""
+        """Val top-1 (%) and mean cross-entropy of `arch` with inherited weights (BatchNorm
+        statistics recalibrated for `arch` first when the supernet has any)."""
+        self.recalibrate(arch)
         correct, loss = evaluate(
             self.supernet,
             arch,

@@ -1,7 +1,9 @@
-"""The one construction path of a run's supernet: the space's plain supernet, or (TAS-LoRA) that
-supernet wrapped with LoRA experts and an architecture router.
+"""The one construction path of a run's supernet: the space's plain supernet, or that supernet
+wrapped with the adapter a method adds (TAS-LoRA: LoRA experts and an architecture router).
 
-``mole`` is the plain-data MoLE spec (experts, rank, alpha, targets, router sizes) or None.
+``adapter`` is the plain-data adapter spec (for TAS-LoRA: experts, rank, alpha, targets, router
+sizes) that result files and checkpoint metadata record as ``"adapter"``, or None. The wrapping
+goes through the family (``SearchSpace.wrap_supernet``), so nothing here knows a family.
 Training workers, evaluators, export and analysis all build their model here, so a checkpoint
 written by one loads in the others.
 """
@@ -16,28 +18,23 @@ from search_spaces import SearchSpace, Supernet
 from trainables.train import checkpoint as ckpt
 
 
-def build_supernet(space: SearchSpace, mole: Mapping[str, Any] | None = None) -> Supernet:
-    """A freshly initialised supernet of `space` (with MoLE experts when `mole` is given)."""
+def build_supernet(space: SearchSpace, adapter: Mapping[str, Any] | None = None) -> Supernet:
+    """A freshly initialised supernet of `space`, wrapped with `adapter` when one is given."""
     base = space.build_supernet()
-    if mole is None:
+    if adapter is None:
         return base
-    from search_spaces.vit.mole import MoleSpec, MoleViTSupernet
-
-    spec = dict(mole)
-    if "targets" in spec:
-        spec["targets"] = tuple(spec["targets"])
-    return MoleViTSupernet(base, MoleSpec(**spec))
+    return space.wrap_supernet(base, adapter)
 
 
 def base_of(supernet: Supernet) -> Supernet:
-    """The weight-sharing supernet inside (itself when it has no experts)."""
+    """The weight-sharing supernet inside an adapter (itself when it has none)."""
     return getattr(supernet, "base", supernet)
 
 
 def load_supernet(
-    space: SearchSpace, checkpoint: str | Path, mole: Mapping[str, Any] | None = None
+    space: SearchSpace, checkpoint: str | Path, adapter: Mapping[str, Any] | None = None
 ) -> Supernet:
     """`build_supernet` with the weights of `checkpoint` (a checkpoint folder)."""
-    supernet = build_supernet(space, mole)
+    supernet = build_supernet(space, adapter)
     ckpt.load_into(supernet, checkpoint)
     return supernet

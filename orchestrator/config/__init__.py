@@ -5,7 +5,6 @@ from orchestrator.config.loader import (
     load_config,
     parse,
     read_yaml,
-    unimplemented_family,
 )
 from orchestrator.config.schema import METHOD_FAMILY, METHOD_STAGES, RunConfig
 
@@ -17,5 +16,4 @@ __all__ = [
     "load_config",
     "parse",
     "read_yaml",
-    "unimplemented_family",
 ]

@@ -81,7 +81,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
 
 
 def check_registries(config: RunConfig) -> list[str]:
-    """Checks that need the registries: dataset name, space family, preset and overrides."""
+    """Checks that need the registries: dataset name, space family, preset and overrides, and
+    the stages. A family that is not registered is ONE problem (nothing about it can be
+    checked further, and its method's stages are not looked at)."""
     from trainables.data import list_datasets
 
     problems = []
@@ -89,7 +91,10 @@ def check_registries(config: RunConfig) -> list[str]:
         problems.append(
             f"data.name: got {config.data.name!r}; allowed: {', '.join(list_datasets())}"
         )
-    problems.extend(check_space(config))
+    space_problems = check_space(config)
+    problems.extend(space_problems)
+    if not space_problems:
+        problems.extend(check_stages(config))
     return problems
 
 
@@ -97,9 +102,12 @@ def check_space(config: RunConfig) -> list[str]:
     import search_spaces
 
     family = config.family
-    if family not in search_spaces.list_families():
-        # a family of a method whose search space is not built yet: the schema is still checked
-        return []
+    families = search_spaces.list_families()
+    if family not in families:
+        return [
+            f"space.family: {family!r} (method {config.method}) is not a registered search-space "
+            f"family; registered: {', '.join(families)}"
+        ]
     presets = search_spaces.list_presets(family)
     if config.space.preset is not None and config.space.preset not in presets:
         return [f"space.preset: got {config.space.preset!r}; allowed: {', '.join(presets)}"]
@@ -110,13 +118,15 @@ def check_space(config: RunConfig) -> list[str]:
     return []
 
 
-def unimplemented_family(config: RunConfig) -> str | None:
-    """A note when the config's family is not available in this version (None when it is)."""
-    import search_spaces
+def check_stages(config: RunConfig) -> list[str]:
+    """One line naming the config's stages that no stage module registers (if any)."""
+    from orchestrator.stages import registered
 
-    if config.family in search_spaces.list_families():
-        return None
-    return (
-        f"search-space family {config.family!r} (method {config.method}) is not available in this "
-        f"version; the config is valid but cannot run yet"
-    )
+    known = registered()
+    missing = [s for s in config.stage_names if s not in known]
+    if not missing:
+        return []
+    return [
+        f"stages: {', '.join(missing)} (method {config.method}) not registered; "
+        f"registered: {', '.join(known)}"
+    ]

@@ -252,6 +252,23 @@ class MoleViTSupernet(Supernet):
         for p in self.base.parameters():
             p.requires_grad_(not frozen)
 
+    def no_weight_decay(self) -> set[str]:
+        """The base supernet's no-decay names (under ``base.``); experts and router follow the
+        default rule (matrices decay, biases and vectors do not)."""
+        return {f"base.{name}" for name in self.base.no_weight_decay()}
+
+    def prepare_training(
+        self, space: Any, *, seed: int, init_steps: int = 0, freeze_base: bool = True
+    ) -> str | None:
+        """TAS-LoRA's start: the group-wise router initialisation (:func:`group_init`) when
+        ``init_steps`` > 0, then the base frozen (or not, ``freeze_base=False``)."""
+        note = None
+        if init_steps > 0:
+            fit = group_init(self, space, steps=init_steps, seed=seed)
+            note = f"group-wise router initialisation: {fit}"
+        self.freeze_base(freeze_base)
+        return note
+
     def mole_parameters(self) -> Iterator[nn.Parameter]:
         """The experts' and the router's parameters (what TAS-LoRA trains)."""
         yield from self.experts.parameters()

@@ -6,11 +6,12 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
-from search_spaces.base import Encoded, SearchSpace
+from search_spaces.base import Encoded, SearchSpace, Supernet
 from search_spaces.vit.arch import ViTArch, validate_vit_arch
 from search_spaces.vit.config import ViTSpaceConfig
 from search_spaces.vit.cost import vit_macs, vit_params
 from search_spaces.vit.evolution import crossover_archs, mutate_arch, sample_arch
+from search_spaces.vit.mole import MoleSpec, MoleViTSupernet
 from search_spaces.vit.supernet import ViTSupernet, vit_timm_kwargs
 
 _BUILDER = "search_spaces.vit.timm_model:build_timm_vit"
@@ -138,6 +139,13 @@ class ViTSpace(SearchSpace):
 
     def export_requirements(self) -> list[str]:
         return ["torch", "timm"]
+
+    def wrap_supernet(self, base: Supernet, adapter: Mapping[str, Any]) -> MoleViTSupernet:
+        """TAS-LoRA: ``base`` with LoRA experts and an architecture router; ``adapter`` is the
+        plain-data :class:`MoleSpec` (the config's ``mole`` section)."""
+        if not isinstance(adapter, Mapping):
+            raise ValueError(f"adapter must be a mapping of MoLE settings, got {adapter!r}")
+        return MoleViTSupernet(base, MoleSpec.from_dict(adapter))
 
 
 def _plain_scalar(value: Any) -> Any:

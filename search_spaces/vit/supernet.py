@@ -170,6 +170,10 @@ class ViTSupernet(Supernet):
             elif isinstance(module, nn.LayerNorm):
                 module.reset_parameters()
 
+    def no_weight_decay(self) -> set[str]:
+        """Position embedding and class token get no weight decay (timm's ViT)."""
+        return {"pos_embed", "cls_token"}
+
     def drop_path_rate(self, arch: ViTArch) -> float:
         """Stochastic-depth rate of ``arch``'s last block: the configured rate, scaled by
         ``embed_dim / supernet width`` when ``drop_path_scales_with_embed`` (AutoFormer). Earlier

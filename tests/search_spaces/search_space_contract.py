@@ -320,6 +320,32 @@ class SearchSpaceContract:
         with torch.no_grad():
             assert torch.equal(fresh.eval()(x, arch), net(x, arch))
 
+    def test_param_groups_cover_every_trainable_parameter_once(
+        self, kit: ContractKit, preset_key: str, supernets: SupernetCache
+    ) -> None:
+        _, net = supernets.get(preset_key, kit)
+        groups = net.param_groups(0.05)
+        assert groups and all(set(g) >= {"params", "weight_decay"} for g in groups)
+        assert {g["weight_decay"] for g in groups} <= {0.05, 0.0}
+        grouped = [id(p) for g in groups for p in g["params"]]
+        trainable = [id(p) for p in net.parameters() if p.requires_grad]
+        assert sorted(grouped) == sorted(trainable)  # each exactly once, nothing frozen
+        torch.optim.AdamW(groups, lr=1e-3)  # a valid optimizer spec
+
+    def test_recalibrate_keeps_the_mode_and_the_outputs(
+        self, kit: ContractKit, preset_key: str, supernets: SupernetCache
+    ) -> None:
+        space, net = supernets.get(preset_key, kit)
+        arch = space.smallest()
+        torch.manual_seed(2)
+        x = torch.randn(2, *space.input_shape)
+        net.recalibrate(arch, [x])
+        assert not net.training
+        if not net.has_batchnorm():  # nothing to re-estimate: scores stay as they were
+            before = net(x, arch)
+            net.recalibrate(arch, [torch.randn(2, *space.input_shape)])
+            assert torch.equal(net(x, arch), before)
+
     def test_supernet_forward_rejects_invalid_arch(
         self, kit: ContractKit, preset_key: str, supernets: SupernetCache
     ) -> None:

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from search_spaces import build_space
+from search_spaces import Supernet, build_space
 from tests.helpers.configs import SMALL_SPACE
 from trainables.data import DataConfig, load_splits
 from trainables.data.splits import ACCESS_LOG_ENV
@@ -62,3 +62,51 @@ def test_one_cached_evaluator_per_process_and_spec(checkpoint):
     assert cached_evaluator(EvalSpec(checkpoint=checkpoint, data=DATA, space=SPACE)) is first
     other = cached_evaluator(EvalSpec(checkpoint=checkpoint, data=DATA, space=SPACE, batch_size=7))
     assert other is not first
+
+
+class _BNSupernet(torch.nn.Module):
+    """Stands in for a cell-space supernet: BatchNorm, and the val images it scores."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(4)
+        self.head = torch.nn.Linear(4, num_classes)
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x, arch):
+        return self.head(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+    def has_batchnorm(self):
+        return True
+
+    def recalibrate(self, arch, batches):
+        self.seen = list(batches)
+        Supernet.recalibrate(self, arch, batches)
+
+
+def test_batchnorm_supernets_are_recalibrated_on_a_fixed_train_slice(
+    checkpoint, tmp_path, monkeypatch
+):
+    import trainables.evaluator as evaluator_module
+
+    log = tmp_path / "splits.jsonl"
+    monkeypatch.setenv(ACCESS_LOG_ENV, str(log))
+    monkeypatch.setattr(
+        evaluator_module, "load_supernet", lambda space, ckpt, adapter: _BNSupernet(10)
+    )
+    spec = EvalSpec(checkpoint=checkpoint, data=DATA, space=SPACE, batch_size=50,
+                    recalibration_batches=2)  # fmt: skip
+    evaluator = Evaluator(spec, device=torch.device("cpu"))
+    assert [len(x) for x in evaluator.recalibration] == [50, 50]
+    train = load_splits(DATA, ("train",), purpose="check").train
+    expected, _ = train.batch(list(range(100)))
+    assert torch.equal(torch.cat(evaluator.recalibration), expected)  # the first train images
+    for arch in (evaluator.space.smallest(), evaluator.space.largest()):
+        evaluator.score(arch)
+        assert len(evaluator.supernet.seen) == 2  # before every score, on the same slice
+        with torch.no_grad():
+            feats = evaluator.supernet.conv(expected)
+        assert torch.allclose(evaluator.supernet.bn.running_mean, feats.mean((0, 2, 3)), atol=1e-5)
+    splits = {json.loads(line)["split"] for line in log.read_text().splitlines()}
+    assert "test" not in splits and {"train", "val"} <= splits

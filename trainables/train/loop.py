@@ -23,7 +23,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from search_spaces import arch_id, build_space
+from search_spaces import Supernet, arch_id, build_space
 from trainables.data import DataConfig, load_splits
 from trainables.errors import DataError
 from trainables.supernets import base_of, build_supernet
@@ -44,9 +44,9 @@ class WorkerSpec:
     run_dir: str = "."  # local run directory, for the arch logs and the failure-injection marker
     stage: str = "supernet"  # the stage's folder in the run directory; names the progress lines
     init_from: str | None = None  # checkpoint folder whose weights start the (base) supernet
-    mole: dict[str, Any] | None = None  # TAS-LoRA: MoLE spec; None trains the plain supernet
-    group_init_steps: int = 0  # TAS-LoRA: group-wise router initialisation before training
-    freeze_base: bool = True  # TAS-LoRA: train only experts and router
+    mole: dict[str, Any] | None = None  # adapter spec (TAS-LoRA: MoLE); None: the plain supernet
+    group_init_steps: int = 0  # Supernet.prepare_training(init_steps=); TAS-LoRA: router init
+    freeze_base: bool = True  # Supernet.prepare_training(freeze_base=): train only the adapter
 
     def build_space(self):
         return build_space(
@@ -68,21 +68,10 @@ class InjectedFailure(RuntimeError):
     """Raised by the testing hook `supernet.inject_failure`."""
 
 
-def _no_decay(name: str, param: torch.Tensor) -> bool:
-    return param.ndim <= 1 or name.endswith(("pos_embed", "cls_token"))
-
-
-def build_optimizer(model: torch.nn.Module, cfg: SupernetTrainConfig) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on biases, norms, position embedding and class token (timm)."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            (no_decay if _no_decay(name, param) else decay).append(param)
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=cfg.peak_lr)
+def build_optimizer(model: Supernet, cfg: SupernetTrainConfig) -> torch.optim.Optimizer:
+    """AdamW over the supernet's own parameter groups (``Supernet.param_groups``: by default no
+    weight decay on biases, norms and the names its ``no_weight_decay()`` lists, as in timm)."""
+    return torch.optim.AdamW(model.param_groups(cfg.weight_decay), lr=cfg.peak_lr)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -178,15 +167,17 @@ def train_worker(config: dict[str, Any]) -> None:
         torch.set_rng_state(state["torch_rng"])
     elif spec.init_from is not None:
         ckpt.load_into(base_of(supernet), spec.init_from)
-        if spec.mole is not None and spec.group_init_steps > 0:
-            from search_spaces.vit.mole import group_init
-
-            # same seed on every rank: identical routers without communication
-            fit = group_init(supernet, space, steps=spec.group_init_steps, seed=spec.seed)
-            if rank == 0:
-                print(f"[{spec.stage}] group-wise router initialisation: {fit}", flush=True)
-    if spec.mole is not None:
-        supernet.freeze_base(spec.freeze_base)
+    # the supernet's own initialisation (only on a fresh start from `init_from`) and freezing;
+    # same seed on every rank: identical weights without communication
+    fresh = restored is None and spec.init_from is not None
+    note = supernet.prepare_training(
+        space,
+        seed=spec.seed,
+        init_steps=spec.group_init_steps if fresh else 0,
+        freeze_base=spec.freeze_base,
+    )
+    if note and rank == 0:
+        print(f"[{spec.stage}] {note}", flush=True)
     model = ray.train.torch.prepare_model(
         supernet, parallel_strategy_kwargs={"find_unused_parameters": True}
     )
