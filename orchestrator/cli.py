@@ -61,6 +61,22 @@ SetOpt = Annotated[
         help="Override a config value, e.g. `-s search.budget=20`.",
     ),
 ]
+VerboseOpt = Annotated[
+    bool,
+    typer.Option(
+        "--verbose",
+        "-v",
+        help="Also show Ray's and the libraries' logs on the console (they always go to "
+        "RUN_DIR/raynas.log).",
+    ),
+]
+
+
+def _route_logs(cfg, verbose: bool) -> None:
+    """Library logs and Ray worker output to RUN_DIR/raynas.log (and the console with -v)."""
+    from orchestrator.console import setup_logging
+
+    setup_logging(cfg.run_path, verbose)
 
 
 # ---------------------------------------------------------------------------------- validate
@@ -256,6 +272,7 @@ def run(
         typer.Option(help="Continue the interrupted run in this directory (its config.yaml)."),
     ] = None,
     set_: SetOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Run the whole pipeline of a config's method (supernet -> search -> export -> report).
 
@@ -266,13 +283,14 @@ def run(
     from orchestrator.pipeline import load_run_config, run_pipeline
 
     cfg = load_run_config(config, resume, set_)
+    _route_logs(cfg, verbose)
     run_pipeline(cfg)
     out.print()
     _print_pareto(cfg)
 
 
 @app.command()
-def train(config: ConfigArg, set_: SetOpt = None) -> None:
+def train(config: ConfigArg, set_: SetOpt = None, verbose: VerboseOpt = False) -> None:
     """Train the weight-sharing supernet (the `supernet` stage) alone.
 
     Rerunning it resumes from the latest checkpoint in the run directory.
@@ -283,6 +301,7 @@ def train(config: ConfigArg, set_: SetOpt = None) -> None:
     from orchestrator.tracking import tracking_uri
 
     cfg = load_config(config, set_)
+    _route_logs(cfg, verbose)
     outcome = run_stages(cfg, only=["supernet"])["supernet"]
     path = Path(cfg.run_path).resolve()
     last = outcome["history"][-1]
@@ -308,6 +327,7 @@ def search(
         typer.Option(help="Supernet checkpoint folder, supernet.pt, or a run directory."),
     ] = None,
     set_: SetOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Search subnets of a trained supernet (the `search` stage) alone.
 
@@ -320,6 +340,7 @@ def search(
     from orchestrator.stages.search import external_checkpoint, storage_url
 
     cfg = load_config(config, set_)
+    _route_logs(cfg, verbose)
     given = {"supernet": external_checkpoint(supernet)} if supernet is not None else None
     outcome = run_stages(cfg, only=["search"], inputs=given)["search"]
     out.print(
@@ -332,11 +353,12 @@ def search(
 
 
 @app.command()
-def export(run_dir: RunDirArg) -> None:
+def export(run_dir: RunDirArg, verbose: VerboseOpt = False) -> None:
     """Measure test top-1 of the Pareto subnets and export them as timm models (+ report.md)."""
     from orchestrator.pipeline import config_for_resume, run_stages
 
     cfg = config_for_resume(run_dir)
+    _route_logs(cfg, verbose)
     run_stages(cfg, only=["export", "report"])
     _print_pareto(cfg)
 

@@ -34,6 +34,8 @@ PROGRESS_LINE = re.compile(r"^\[[a-z][a-z0-9_-]*\] ")
 OWN_WARNING_LINE = re.compile(
     r"(^|[/\\])(" + "|".join(OWN_PACKAGES) + r")[/\\][^:]*\.py:\d+: (\w+\.)*\w*Warning: "
 )
+# Ray Train's controller deciding what a worker group failure leads to (RETRY or RAISE)
+FAILURE_POLICY_LINE = re.compile(r"^\[FailurePolicy\] (\w+)")
 # libraries that install their own console handlers; theirs are removed, their records propagate
 _OWN_HANDLER_LOGGERS = ("ray", "mlflow", "alembic", "sqlalchemy.engine", "huey", "optuna")
 _WORKER_LOGGER = "raynas.workers"
@@ -45,6 +47,7 @@ class _State:
     verbose = False
     handlers: list[logging.Handler] = []
     showwarning = None
+    env_set: list[str] = []
 
 
 _state = _State()
@@ -133,12 +136,8 @@ def _make_showwarning(own_dirs: tuple[str, ...]):
         if file is not None:  # an explicit destination: leave it alone
             return original(message, category, filename, lineno, file, line)
         text = warnings.formatwarning(message, category, filename, lineno, line)
-        own = issubclass(category, UserWarning) and os.path.realpath(filename).startswith(
-            own_dirs
-        )
-        logging.getLogger("py.warnings").warning(
-            "%s", text.rstrip(), extra={"raynas_own": own}
-        )
+        own = issubclass(category, UserWarning) and os.path.realpath(filename).startswith(own_dirs)
+        logging.getLogger("py.warnings").warning("%s", text.rstrip(), extra={"raynas_own": own})
 
     return showwarning, original
 
@@ -159,10 +158,11 @@ def setup_logging(run_dir: str | Path | None, verbose: bool = False) -> Path | N
     returns the log file's path (None for a remote run directory: console only). Calling it
     again replaces the previous setup."""
     reset()
-    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")  # when mlflow is imported later
+    env = {"MLFLOW_CONFIGURE_LOGGING": "false"}  # for an mlflow imported after this
     if not verbose:
-        # Ray Tune's new output engine prints its experiment box even with verbose=0
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        env["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's new output prints its box even with verbose=0
+    _state.env_set = [name for name in env if name not in os.environ]
+    os.environ.update({name: env[name] for name in _state.env_set})
     log_format = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     console = _Stderr()
     console.setFormatter(_Formatter("%(levelname)s %(name)s: %(message)s"))
@@ -184,6 +184,8 @@ def setup_logging(run_dir: str | Path | None, verbose: bool = False) -> Path | N
     for name in _OWN_HANDLER_LOGGERS:
         _adopt(name)
     logging.getLogger("alembic").setLevel(logging.INFO)  # mlflow sets WARNING
+    # SQLAlchemy echoes every statement when INFO is enabled for it at engine creation
+    logging.getLogger("sqlalchemy").setLevel(logging.WARNING)
     try:
         import optuna.logging
 
@@ -217,9 +219,9 @@ def reset() -> None:
         handler.close()
     if _state.showwarning is not None:
         warnings.showwarning = _state.showwarning
-    _state.handlers, _state.showwarning, _state.active = [], None, False
-    if _state.verbose is False:
-        os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+    for name in _state.env_set:
+        os.environ.pop(name, None)
+    _state.handlers, _state.showwarning, _state.env_set, _state.active = [], None, [], False
 
 
 def capture_ray() -> None:
@@ -259,18 +261,57 @@ class _WorkerOutput:
     def __call__(self, data: dict[str, Any]) -> None:
         pid = data.get("pid")
         name = data.get("actor_name") or data.get("task_name") or ""
-        prefix = f"({pid})" if pid in ("raylet", "autoscaler") else f"({name} pid={pid})".replace(
-            "( ", "("
+        prefix = (
+            f"({pid})"
+            if pid in ("raylet", "autoscaler")
+            else f"({name} pid={pid})".replace("( ", "(")
         )
         if data.get("ip") and data.get("ip") != data.get("localhost"):
             prefix = prefix[:-1] + f", ip={data['ip']})"
-        for line in data.get("lines", []):
+        lines = data.get("lines", [])
+        if pid == "autoscaler":  # its status dumps; like Ray, keep only the events in them
+            lines = list(_autoscaler_events(lines))
+        for i, line in enumerate(lines):
             self.logger.info("%s %s", prefix, line)
             if not self.quiet:
                 continue
             if not data.get("is_err") and PROGRESS_LINE.match(line):
-                with self.lock:
-                    print(line, file=sys.stdout, flush=True)
-            elif pid == "raylet" or OWN_WARNING_LINE.search(line):
-                with self.lock:
-                    print(f"{prefix} {line}", file=sys.stderr, flush=True)
+                self._print(line, sys.stdout)
+            elif pid in ("raylet", "autoscaler") or OWN_WARNING_LINE.search(line):
+                self._print(f"{prefix} {line}", sys.stderr)
+            elif FAILURE_POLICY_LINE.match(line):
+                self._print(_failure_summary(lines, i), sys.stderr)
+
+    def _print(self, text: str, stream) -> None:
+        with self.lock:
+            print(text, file=stream, flush=True)
+
+
+def _autoscaler_events(lines: list[str]):
+    try:
+        from ray._private.worker import filter_autoscaler_events
+    except ImportError:  # a Ray without it: the event-summary marker of autoscaler v1
+        return (line.split(":event_summary:")[1] for line in lines if ":event_summary:" in line)
+    return filter_autoscaler_events(lines)
+
+
+def _failure_summary(lines: list[str], start: int) -> str:
+    """One console line for Ray Train's `[FailurePolicy] RETRY|RAISE` block: the decision, the
+    error count and the worker's exception (the first line after a traceback's frames)."""
+    decision = FAILURE_POLICY_LINE.match(lines[start]).group(1)
+    count, error, in_traceback = "", "", False
+    for line in lines[start + 1 :]:
+        if FAILURE_POLICY_LINE.match(line):
+            break
+        if line.strip().startswith("Error count:"):
+            count = line.strip().removeprefix("Error count:").strip()
+        elif line.startswith("Traceback"):
+            in_traceback = True
+        elif in_traceback and line and not line[0].isspace():
+            error = line.strip()
+            break
+    text = f"warning: a Ray Train worker failed ({error or 'see the log'}); {decision.lower()}"
+    if count:
+        text += f", error count {count}"
+    log = next((h.path for h in _state.handlers if isinstance(h, RunLogHandler)), None)
+    return text + (f"; details in {log}" if log else "")

@@ -9,7 +9,6 @@ at a time holds a run directory (``orchestrator.rundir.lock``).
 from __future__ import annotations
 
 import contextlib
-import signal
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -21,8 +20,9 @@ from orchestrator import rundir
 from orchestrator.config import load_config
 from orchestrator.config.loader import apply_overrides, parse
 from orchestrator.config.schema import RunConfig
-from orchestrator.errors import ConfigError, Terminated, UserInputError
+from orchestrator.errors import ConfigError, UserInputError
 from orchestrator.files import write_json_atomic
+from orchestrator.runtime import install_sigterm
 from orchestrator.secrets import redact
 from orchestrator.stage import (
     INPUTS_FILE,
@@ -100,19 +100,11 @@ def check_stages(config: RunConfig) -> list[StageSpec]:
 def sigterm_as_terminated() -> Iterator[None]:
     """SIGTERM (``ray job stop``, Kubernetes, ``kill``) unwinds the driver like Ctrl-C, so
     MLflow runs end KILLED and no result file is written for an unfinished stage."""
-
-    def handler(signum, frame):
-        raise Terminated(f"received signal {signum}")
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
+    install_sigterm(True)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        install_sigterm(False)
 
 
 def run_stages(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from orchestrator import console
 from orchestrator.config.schema import RayConfig, Resources
 from orchestrator.errors import UserInputError
 
@@ -31,6 +32,7 @@ def ensure_ray(config: RayConfig) -> bool:
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     if address is None:
         os.environ.update(local_cluster_env(config))
+    console.capture_ray()
     try:
         ray.init(
             # "local" always starts a new cluster; None could join one left by `ray start`
@@ -43,6 +45,8 @@ def ensure_ray(config: RayConfig) -> bool:
         raise UserInputError(
             f"ray.address={address!r}: cannot connect to a Ray cluster ({exc})"
         ) from None
+    console.capture_worker_output()
+    _restore_python_sigterm()
     _started_local = address is None
     return _started_local
 
@@ -87,3 +91,31 @@ def check_fits(resources: Resources, stage: str, local: bool) -> None:
                 f"{stage}.resources: {resources.workers} workers need {amount:g} {name} but this machine's Ray has "
                 f"{available.get(name, 0.0):g}; lower {stage}.resources.workers / cpus_per_worker or connect to a cluster"
             )
+
+
+_sigterm_wanted = False
+
+
+def on_sigterm(signum, frame) -> None:
+    """SIGTERM unwinds the driver like Ctrl-C (MLflow runs end KILLED, no result written)."""
+    from orchestrator.errors import Terminated
+
+    raise Terminated(f"received signal {signum}")
+
+
+def install_sigterm(wanted: bool = True) -> None:
+    """Route SIGTERM to :func:`on_sigterm` (or back to the default) in the main thread."""
+    import signal
+    import threading
+
+    global _sigterm_wanted
+    if threading.current_thread() is not threading.main_thread():
+        return
+    _sigterm_wanted = wanted
+    signal.signal(signal.SIGTERM, on_sigterm if wanted else signal.SIG_DFL)
+
+
+def _restore_python_sigterm() -> None:
+    """ray.init installs its own SIGTERM handling, which aborts the driver; put raynas's back."""
+    if _sigterm_wanted:
+        install_sigterm(True)

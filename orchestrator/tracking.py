@@ -9,11 +9,14 @@ MLflow from rank 0 only, through a Ray Train callback in the Train controller (s
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
+import os
 import subprocess
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,10 +47,18 @@ def check_reachable(uri: str) -> None:
     """Fail before any work starts when an http(s) tracking server does not answer."""
     if not uri.startswith(("http://", "https://")):
         return
-    url = uri.rstrip("/") + "/health"
+    parts = urllib.parse.urlsplit(uri.rstrip("/") + "/health")
+    request = urllib.request.Request(
+        urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    )
+    if parts.username is not None:  # credentials in the URL: basic auth, as MLflow sends them
+        pair = (
+            f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+        )
+        request.add_header("Authorization", "Basic " + base64.b64encode(pair.encode()).decode())
     shown = redact(uri)
     try:
-        with urllib.request.urlopen(url, timeout=REACH_TIMEOUT_S) as response:
+        with urllib.request.urlopen(request, timeout=REACH_TIMEOUT_S) as response:
             if response.status != 200:
                 raise TrackingError(
                     f"tracking.uri={shown}: /health answered HTTP {response.status}, not 200"
@@ -83,6 +94,9 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         check_reachable(uri)
+        # MLflow prints "View run ... at: <tracking URL>" when a fluent run ends: the URL may
+        # hold a password, and the stage lines already say where everything is
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.uri = uri
         self.run_dir = Path(run_dir)
         self.client = MlflowClient(tracking_uri=uri)

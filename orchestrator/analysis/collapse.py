@@ -80,7 +80,19 @@ def load_final_supernet(config: RaynasConfig, supernet: str | Path | None = None
     from trainables.supernets import load_supernet
 
     space = build_space(**config.space_spec)
-    trained = external_checkpoint(supernet if supernet is not None else config.run_path)
+    if supernet is not None:
+        trained = external_checkpoint(supernet)
+    else:
+        from orchestrator.stages import latest_output
+        from trainables.train.checkpoint import CheckpointError
+
+        trained = latest_output(config.run_path, "supernet")
+        if trained is None:
+            raise CheckpointError(
+                f"no trained supernet in {config.run_path}; train it first (`raynas run "
+                "CONFIG`) or pass --supernet PATH"
+            )
+        trained = {**trained, "checkpoint": str(Path(config.run_path) / trained["checkpoint"])}
     folder = Path(trained["checkpoint"])
     model = load_supernet(space, folder, trained.get("adapter"))
     return FinalSupernet(space, model.eval(), folder)

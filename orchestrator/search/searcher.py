@@ -147,6 +147,16 @@ class ArchSearch(OptunaSearch):
                     self.on_evaluated(row)
         super().on_trial_complete(trial_id, result=result, error=error)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Ray Tune pickles the searcher into `tuner.pkl`: leave out the study storage and the
+        progress callback, which hold the storage and tracking URLs (and their passwords).
+        A raynas search resumes from the study and the archive, never from that pickle."""
+        state = dict(self.__dict__)
+        for key in ("_storage", "_ot_study", "on_evaluated", "_ot_trials"):
+            if key in state:
+                state[key] = None
+        return state
+
     # Tune checkpoints searchers by pickling them; the study storage and the archive are this
     # searcher's durable state, so only a pointer is written.
     def save(self, checkpoint_path: str) -> None:

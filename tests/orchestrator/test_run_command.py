@@ -99,7 +99,8 @@ def test_unreachable_study_storage_is_one_line_before_ray(tmp_path, raynas):  # 
     # a real (untrained) supernet checkpoint, so the search gets as far as opening the storage
     space = build_space("vit", "vit-28", SMALL_SPACE)
     ckpt.save(tmp_path / "ckpt", space.build_supernet().state_dict(), {}, {})
-    url = f"postgresql://raynas:secret@127.0.0.1:{free_port()}/nas"
+    port = free_port()
+    url = f"postgresql://raynas:hunter2-pw@127.0.0.1:{port}/nas"
     config = write(tmp_path, tiny_run(tmp_path / "run", search={"storage": url}))
     process = raynas(
         "search",
@@ -110,7 +111,11 @@ def test_unreachable_study_storage_is_one_line_before_ray(tmp_path, raynas):  # 
     )
     line = one_error_line(process)
     assert "search.storage=" in line and "cannot open the Optuna storage" in line
+    assert f"postgresql://raynas:***@127.0.0.1:{port}/nas" in line  # the password never shows
+    assert "hunter2" not in line
     assert not (tmp_path / "run" / "archive.parquet").exists()
+    for path in (tmp_path / "run").rglob("*"):  # nor is it written
+        assert not path.is_file() or b"hunter2" not in path.read_bytes(), path
 
 
 def test_a_corrupt_supernet_checkpoint_is_one_line(tmp_path, raynas):  # noqa: F811

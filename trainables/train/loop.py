@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -122,11 +123,15 @@ def train_worker(config: dict[str, Any]) -> None:
     spec: WorkerSpec = config["spec"]
     cfg = spec.train
     # Ray Train logs every report and checkpoint at INFO; the epoch line below says it once
+    # (the context module's logger is named by its file path, not its module name)
+    context_module = sys.modules.get("ray.train.v2._internal.execution.context")
     for name in (
         "ray.train.v2._internal.execution.context",
         "ray.train.v2._internal.execution.storage",
+        getattr(context_module, "__file__", None),
     ):
-        logging.getLogger(name).setLevel(logging.WARNING)
+        if name:
+            logging.getLogger(name).setLevel(logging.WARNING)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
