@@ -74,7 +74,7 @@ def external_checkpoint(supernet: str | Path) -> dict[str, Any]:
     if path.is_file():
         path = path.parent
     if (path / ckpt.WEIGHTS).exists():
-        meta = ckpt.load_meta(path)
+        meta = ckpt.load_meta(path) if (path / ckpt.META).exists() else {}
         return {
             "checkpoint": str(path),
             "checkpoint_sha256": file_sha256(path / ckpt.WEIGHTS),

@@ -91,7 +91,7 @@ def one_error_line(process: subprocess.Popen) -> str:
 def test_search_without_a_trained_supernet_is_one_line(tmp_path, raynas):  # noqa: F811
     config = write(tmp_path, tiny_run(tmp_path / "run"))
     line = one_error_line(raynas("search", str(config), stderr=subprocess.PIPE))
-    assert "no trained supernet" in line and "--supernet" in line
+    assert "needs the supernet of the supernet stage" in line and "--supernet" in line
     assert not (tmp_path / "run" / "study.db").exists()
 
 
@@ -137,7 +137,7 @@ def test_export_before_search_and_resume_of_a_non_run_are_one_line(tmp_path, ray
     run_dir.mkdir()
     (run_dir / "config.yaml").write_text(json.dumps(tiny_run(run_dir)))
     line = one_error_line(raynas("export", str(run_dir), stderr=subprocess.PIPE))
-    assert "no completed search" in line
+    assert "needs the front of the search stage" in line
     line = one_error_line(raynas("run", "--resume", str(tmp_path), stderr=subprocess.PIPE))
     assert "no config.yaml there" in line
 
