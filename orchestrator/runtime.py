@@ -94,13 +94,22 @@ def check_fits(resources: Resources, stage: str, local: bool) -> None:
 
 
 _sigterm_wanted = False
+_sigterm_received = False
 
 
 def on_sigterm(signum, frame) -> None:
     """SIGTERM unwinds the driver like Ctrl-C (MLflow runs end KILLED, no result written)."""
     from orchestrator.errors import Terminated
 
+    global _sigterm_received
+    _sigterm_received = True
     raise Terminated(f"received signal {signum}")
+
+
+def sigterm_received() -> bool:
+    """Whether this driver got SIGTERM (inside Ray's C code the exception may arrive wrapped,
+    e.g. as a SystemError, so the status of what is unwinding is decided by this flag)."""
+    return _sigterm_received
 
 
 def install_sigterm(wanted: bool = True) -> None:

@@ -251,7 +251,9 @@ class Tracker:
             self._terminate(run_id, "KILLED")
             raise
         except BaseException:
-            self._terminate(run_id, "FAILED")
+            from orchestrator.runtime import sigterm_received
+
+            self._terminate(run_id, "KILLED" if sigterm_received() else "FAILED")
             raise
         self._terminate(run_id, "FINISHED")
 

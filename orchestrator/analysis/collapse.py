@@ -83,13 +83,17 @@ def load_final_supernet(config: RaynasConfig, supernet: str | Path | None = None
     if supernet is not None:
         trained = external_checkpoint(supernet)
     else:
-        from orchestrator.stages import latest_output
+        from orchestrator.stage import read_result
+        from orchestrator.stages import registered
         from trainables.train.checkpoint import CheckpointError
 
-        trained = latest_output(config.run_path, "supernet")
+        stages = registered()
+        makers = [n for n in config.stage_names if n in stages and "supernet" in stages[n].provides]
+        trained = read_result(config.run_path, makers[-1]) if makers else None
         if trained is None:
             raise CheckpointError(
-                f"no trained supernet in {config.run_path}; train it first (`raynas run "
+                f"no trained supernet in {config.run_path} (from its "
+                f"{makers[-1] if makers else 'training'} stage); train it first (`raynas run "
                 "CONFIG`) or pass --supernet PATH"
             )
         trained = {**trained, "checkpoint": str(Path(config.run_path) / trained["checkpoint"])}

@@ -41,11 +41,19 @@ def raynas(*args: str) -> subprocess.CompletedProcess:
 MOLE = {"experts": 2, "rank": 2, "alpha": 4.0, "router_hidden": 16}
 
 
-def save_stage(run_dir: Path, stage: str, weights: dict[str, torch.Tensor]) -> Path:
+def save_stage(
+    run_dir: Path, stage: str, weights: dict[str, torch.Tensor], adapter: dict | None = None
+) -> Path:
     """A checkpoint and `<stage>/result.json` as a finished training stage leaves them."""
     folder = run_dir / stage / "epoch_0001"
     checkpoint.save(folder, weights, {}, {"epoch": 1, "history": []})
-    result = {"epochs": 1, "checkpoint": str(folder), "history": [], "metrics": {}}
+    result = {
+        "epochs": 1,
+        "checkpoint": f"{stage}/epoch_0001",
+        "adapter": adapter,
+        "history": [],
+        "metrics": {},
+    }
     (run_dir / stage / "result.json").write_text(json.dumps(result))
     return folder
 
@@ -228,7 +236,7 @@ def test_tas_lora_run_is_analysed_with_its_mole_supernet(tmp_path):
     from trainables.supernets import build_supernet
 
     run_dir = make_run(tmp_path / "run", name="tas", method="tas-lora", mole=MOLE)
-    with pytest.raises(UserInputError, match="no trained MoLE supernet"):
+    with pytest.raises(UserInputError, match="no trained supernet"):
         analyze_collapse(run_dir, subnets=3, probe=32)
     assert not (run_dir / "analysis").exists()
 
@@ -240,7 +248,7 @@ def test_tas_lora_run_is_analysed_with_its_mole_supernet(tmp_path):
         for name, param in mole.named_parameters():
             if not name.startswith("base."):
                 param.normal_(std=0.05)
-    folder = save_stage(run_dir, "mole", mole.state_dict())
+    folder = save_stage(run_dir, "mole", mole.state_dict(), adapter=mole_spec(config))
     result = analyze_collapse(run_dir, subnets=3, probe=32)
     assert result["supernet"] == {"checkpoint": str(folder), "class": "MoleViTSupernet"}
     assert len(result["cka"]) == 3 and 0.0 <= result["mean_cka"] <= 1.0
