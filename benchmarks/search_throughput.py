@@ -316,8 +316,9 @@ def run_stage(root: Path, supernet: Path, archs: list[Any], space: Any, workers:
     import pyarrow.parquet as pq
 
     from orchestrator.config import parse
+    from orchestrator.pipeline import run_stages
     from orchestrator.search.searcher import metric_names
-    from orchestrator.stages.search import run_search_stage, storage_url, study_name
+    from orchestrator.stages.search import external_checkpoint, storage_url, study_name
 
     run_dir = Path(tempfile.mkdtemp(prefix=f"b{workers}-", dir=root))
     config = parse(bench_config(run_dir, len(archs), workers), "bench")
@@ -335,7 +336,8 @@ def run_stage(root: Path, supernet: Path, archs: list[Any], space: Any, workers:
     before = load()
     with CpuMeter() as cpu, DriverTimers() as timers:
         start = time.perf_counter()
-        result = run_search_stage(config, supernet=supernet)
+        given = {"supernet": external_checkpoint(supernet)}
+        result = run_stages(config, only=["search"], inputs=given)["search"]
         stage_seconds = time.perf_counter() - start
 
     rows = pq.read_table(run_dir / "archive.parquet").to_pylist()

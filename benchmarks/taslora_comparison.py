@@ -33,9 +33,8 @@ from orchestrator.analysis.collapse import analyze_collapse  # noqa: E402
 from orchestrator.pipeline import config_for_resume  # noqa: E402
 from orchestrator.search.archive import ARCHIVE_FILE, Archive  # noqa: E402
 from orchestrator.search.pareto import hypervolume_2d, pareto_front  # noqa: E402
-from orchestrator.stages.export import read_summary  # noqa: E402
-from orchestrator.stages.mole import mole_spec  # noqa: E402
-from orchestrator.stages.search import resolve_checkpoint  # noqa: E402
+from orchestrator.stage import read_result  # noqa: E402
+from orchestrator.stages.search import external_checkpoint  # noqa: E402
 from search_spaces import build_space  # noqa: E402
 from trainables.evaluator import EvalSpec, Evaluator  # noqa: E402
 
@@ -44,12 +43,13 @@ RESULTS = ROOT / "benchmarks" / "results" / "taslora_comparison.json"
 
 def score_subnets(run_dir: str, archs: list) -> list[float]:
     config = config_for_resume(run_dir)
+    trained = external_checkpoint(run_dir)  # the run's last training output (mole for TAS-LoRA)
     spec = EvalSpec(
-        checkpoint=str(resolve_checkpoint(config)),
+        checkpoint=trained["checkpoint"],
         data=config.data,
         space=config.space_spec,
         batch_size=1000,
-        mole=mole_spec(config),
+        mole=trained.get("adapter"),
     )  # fmt: skip
     evaluator = Evaluator(spec)
     return [evaluator.score(arch)["val_top1"] for arch in archs]
@@ -115,17 +115,18 @@ def main() -> None:
         started = time.perf_counter()
         scores[name] = score_subnets(run_dir, archs)
         config = config_for_resume(run_dir)
+        adapter = external_checkpoint(run_dir).get("adapter")  # None: a plain supernet
         rows = Archive.load(Path(run_dir) / ARCHIVE_FILE).rows
         fronts[name] = pareto_front(rows, ["flops"])
         reference_flops = max([reference_flops] + [r["flops"] for r in rows])
-        summary = read_summary(run_dir) or {"models": []}
+        summary = read_result(run_dir, "export") or {"models": []}
         report["runs"][name] = {
             "run_dir": str(Path(run_dir).resolve()),
             "method": config.method,
-            "mole": mole_spec(config),
-            "group_init": config.mole.group_init if mole_spec(config) else None,
+            "mole": adapter,
+            "group_init": config.mole.group_init if adapter else None,
             "supernet_epochs": config.supernet.epochs,
-            "mole_epochs": config.mole.epochs if mole_spec(config) else 0,
+            "mole_epochs": config.mole.epochs if adapter else 0,
             "val_top1_mean": statistics.mean(scores[name]),
             "val_top1_std": statistics.stdev(scores[name]),
             "val_top1_min": min(scores[name]),

@@ -203,7 +203,6 @@ def _run_one(spec, config, tracker, path, providers, upstream, number, total) ->
             fingerprint=now.fingerprint,
             inputs={n: providers[n][1] for n in spec.needs + spec.optional if n in providers},
             upstream=dict(upstream),
-            previous=done,
         )
         result = dict(spec.run(ctx))
         result["inputs"] = now.as_json()

@@ -86,7 +86,6 @@ class StageContext:
     fingerprint: str
     inputs: dict[str, dict[str, Any]]
     upstream: dict[str, dict[str, Any]]  # every earlier stage's result, by stage name
-    previous: dict[str, Any] | None = None  # this stage's own result when it is being extended
 
     @property
     def folder(self) -> Path:

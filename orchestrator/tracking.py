@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import json
 import os
 import subprocess
@@ -223,15 +222,16 @@ class Tracker:
         and the split sizes (the runs table's Dataset column)."""
         from mlflow.entities import Dataset, DatasetInput, InputTag
 
+        from orchestrator.stage import digest
+
         identity = {
             "data": config.model_dump(mode="json"),
             "sizes": splits.sizes(),
             "origin": str(splits.origin),
         }
-        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
         entity = Dataset(
             name=config.name,
-            digest=digest,
+            digest=digest(identity),
             source_type="local" if "://" not in str(splits.origin) else "uri",
             source=json.dumps({"uri": redact(str(splits.origin))}),
             profile=json.dumps({f"{k}_images": v for k, v in splits.sizes().items()}),

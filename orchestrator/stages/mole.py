@@ -14,7 +14,12 @@ from typing import Any
 
 from orchestrator.config.schema import RunConfig as RaynasConfig
 from orchestrator.stage import StageContext, StageSpec
-from orchestrator.stages.supernet import TRAINED_MODEL, TrainingPlan, run_training
+from orchestrator.stages.supernet import (
+    RECIPE_IGNORES,
+    TRAINED_MODEL,
+    TrainingPlan,
+    run_training,
+)
 
 STAGE = "mole"
 SPEC_FIELDS = ("experts", "rank", "alpha", "targets", "router_hidden", "router_per_layer_type")
@@ -65,17 +70,8 @@ SPEC = StageSpec(
     name=STAGE,
     run=run,
     reads=("seed", "data", "space", "mole", "supernet"),
-    ignores=(
-        "mole.resources",
-        "supernet.resources",
-        "supernet.max_failures",
-        "supernet.inject_failure",
-        "supernet.keep_checkpoints",
-        "supernet.eval_batch_size",
-        "supernet.record_archs",
-        "supernet.epochs",
-        "supernet.lr",
-    ),
+    # the supernet's own length and lr reach this stage through its output's digest
+    ignores=("mole.resources", *RECIPE_IGNORES, "supernet.epochs", "supernet.lr"),
     extends=("mole.epochs",),
     needs=("supernet",),
     provides={"supernet": TRAINED_MODEL},  # later stages score with the experts and router

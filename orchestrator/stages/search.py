@@ -49,10 +49,6 @@ class StudyStorageError(UserInputError):
     """The Optuna storage cannot be opened or does not fit the config."""
 
 
-def stage_dir(run_dir: str) -> Path:
-    return Path(run_dir).resolve() / STAGE
-
-
 def storage_url(config: RaynasConfig) -> str:
     """The study storage URL as configured (``${NAME}`` unexpanded): safe to print once
     redacted; :func:`open_study` expands it."""
@@ -137,6 +133,13 @@ def check_study(study: Any, metrics: list[str], name: str, url: str) -> None:
         )
 
 
+def _started(study: Any) -> bool:
+    """Whether any trial of `study` went beyond being enqueued (WAITING)."""
+    from optuna.trial import TrialState
+
+    return any(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
+
+
 def choose_study(storage: Any, base: str, fingerprint: str) -> tuple[str, Any | None]:
     """The study this search continues or creates: `base` when it is new or was started by a
     search with the same inputs (fingerprint), else ``<base>-<fingerprint>``, a new study.
@@ -148,9 +151,8 @@ def choose_study(storage: Any, base: str, fingerprint: str) -> tuple[str, Any | 
             study = optuna.load_study(study_name=name, storage=storage)
         except KeyError:
             return name, None
-        if study.user_attrs.get(FINGERPRINT_ATTR) in (None, fingerprint) and (
-            study.user_attrs.get(FINGERPRINT_ATTR) is not None or not study.trials
-        ):
+        owner = study.user_attrs.get(FINGERPRINT_ATTR)
+        if owner == fingerprint or (owner is None and not _started(study)):
             return name, study
     raise StudyStorageError(
         f"studies {base!r} and {base}-{fingerprint[:8]!r} hold searches of other inputs; set "

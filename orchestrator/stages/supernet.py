@@ -244,19 +244,22 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
 #: Training outputs a later stage scores with: the checkpoint and how to build its model.
 TRAINED_MODEL = ("checkpoint", "checkpoint_sha256", "adapter")
+#: `supernet` recipe keys that do not change the trained weights (placement, retries, disk use,
+#: how the per-epoch probes are batched); every training stage ignores them.
+RECIPE_IGNORES = (
+    "supernet.resources",
+    "supernet.max_failures",
+    "supernet.inject_failure",
+    "supernet.keep_checkpoints",
+    "supernet.eval_batch_size",
+    "supernet.record_archs",
+)
 
 SPEC = StageSpec(
     name=STAGE,
     run=run,
     reads=("seed", "data", "space", "supernet"),
-    ignores=(
-        "supernet.resources",
-        "supernet.max_failures",
-        "supernet.inject_failure",
-        "supernet.keep_checkpoints",
-        "supernet.eval_batch_size",
-        "supernet.record_archs",
-    ),
+    ignores=RECIPE_IGNORES,
     extends=("supernet.epochs",),
     provides={"supernet": TRAINED_MODEL},
     describe="train the weight-sharing supernet on Ray Train",

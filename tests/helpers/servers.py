@@ -61,3 +61,19 @@ def mlflow_server(folder: Path):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         log.close()
+
+
+@contextmanager
+def local_ray():
+    """A local Ray started as `raynas` starts one (workers at normal priority), for one module."""
+    import ray
+
+    from orchestrator.config.schema import RayConfig
+    from orchestrator.runtime import local_cluster_env
+
+    os.environ.update(local_cluster_env(RayConfig()))
+    ray.init(num_cpus=2, namespace="raynas-tests", log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()

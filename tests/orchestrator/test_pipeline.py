@@ -16,23 +16,20 @@ import mlflow
 import optuna
 import pyarrow.parquet as pq
 import pytest
-import ray
 import torch
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from safetensors.torch import load_file
 
 from orchestrator.config import parse
-from orchestrator.config.schema import RayConfig
 from orchestrator.pipeline import run_pipeline, run_stages
-from orchestrator.runtime import local_cluster_env
 from orchestrator.search.archive import encoded_of
 from orchestrator.search.pareto import dominates, pareto_front
 from orchestrator.stages.search import external_checkpoint, storage_url
 from orchestrator.tracking import tracking_uri
 from search_spaces import build_from_spec, build_space
 from tests.helpers.configs import tiny_run
-from tests.helpers.servers import free_port, wait_http
+from tests.helpers.servers import free_port, local_ray, wait_http
 from trainables.data import load_splits
 from trainables.data.splits import ACCESS_LOG_ENV
 
@@ -51,10 +48,8 @@ def access_log(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ray_cluster(access_log):
-    os.environ.update(local_cluster_env(RayConfig()))
-    ray.init(num_cpus=2, namespace="raynas-tests", log_to_driver=False)
-    yield
-    ray.shutdown()
+    with local_ray():
+        yield
 
 
 def flops_cap() -> int:

@@ -13,27 +13,22 @@ from pathlib import Path
 import optuna
 import pyarrow.parquet as pq
 import pytest
-import ray
 import yaml
 from mlflow.tracking import MlflowClient
 
 from orchestrator.config import parse
-from orchestrator.config.schema import RayConfig
 from orchestrator.pipeline import config_for_resume, run_pipeline
-from orchestrator.runtime import local_cluster_env
 from orchestrator.tracking import tracking_uri
 from tests.helpers.configs import tiny_run
-from tests.helpers.servers import mlflow_server
+from tests.helpers.servers import local_ray, mlflow_server
 
 RAYNAS = str(Path(sys.executable).with_name("raynas"))
 
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    os.environ.update(local_cluster_env(RayConfig()))
-    ray.init(num_cpus=2, namespace="raynas-tests", log_to_driver=False)
-    yield
-    ray.shutdown()
+    with local_ray():
+        yield
 
 
 @pytest.fixture(scope="module")

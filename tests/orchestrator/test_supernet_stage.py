@@ -4,20 +4,16 @@ real Fashion-MNIST subset, driven in-process on one Ray cluster for the module."
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
-import ray
 import torch
 from mlflow.tracking import MlflowClient
 
 from orchestrator.config import parse
-from orchestrator.config.schema import RayConfig
 from orchestrator.pipeline import run_stages
-from orchestrator.runtime import local_cluster_env
 from search_spaces import build_space
-from tests.helpers.servers import mlflow_server
+from tests.helpers.servers import local_ray, mlflow_server
 from trainables.data import load_splits
 from trainables.train import checkpoint as ckpt
 from trainables.train.loop import evaluate
@@ -50,10 +46,8 @@ def make_config(run_dir: Path, train: int = 1024, **supernet) -> dict:
 @pytest.fixture(scope="module")
 def ray_cluster():
     """A local Ray started as `raynas` starts one (workers at normal priority)."""
-    os.environ.update(local_cluster_env(RayConfig()))
-    ray.init(num_cpus=2, namespace="raynas-tests", log_to_driver=False)
-    yield
-    ray.shutdown()
+    with local_ray():
+        yield
 
 
 def train_supernet(config):
