@@ -49,7 +49,7 @@ def score_subnets(run_dir: str, archs: list) -> list[float]:
         data=config.data,
         space=config.space_spec,
         batch_size=1000,
-        mole=trained.get("adapter"),
+        adapter=trained.get("adapter"),
     )  # fmt: skip
     evaluator = Evaluator(spec)
     return [evaluator.score(arch)["val_top1"] for arch in archs]

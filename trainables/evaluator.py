@@ -42,7 +42,7 @@ class EvalSpec:
     precision: str = "auto"
     latency_batch_size: int | None = None  # None: no latency measurement
     latency_repeats: int = 10
-    mole: dict[str, Any] | None = None  # adapter spec (TAS-LoRA: router-mixed expert weights)
+    adapter: dict[str, Any] | None = None  # the family adapter spec (TAS-LoRA: MoLE experts)
     recalibration_batches: int = 4  # BatchNorm supernets only: train batches per arch
 
     def key(self) -> str:
@@ -59,7 +59,7 @@ class Evaluator:
         )
         self.device = device or default_device()
         self.dtype = autocast_dtype(spec.precision, self.device)
-        supernet = load_supernet(self.space, spec.checkpoint, spec.mole)
+        supernet = load_supernet(self.space, spec.checkpoint, spec.adapter)
         self.supernet = supernet.to(self.device).eval()
         recalibrate = self.supernet.has_batchnorm() and spec.recalibration_batches > 0
         wanted = ("train", "val") if recalibrate else ("val",)

@@ -49,7 +49,7 @@ def mole_plan(config: RaynasConfig, init_from: str) -> TrainingPlan:
         max_failures=config.supernet.max_failures,
         keep_checkpoints=config.supernet.keep_checkpoints,
         init_from=init_from,
-        mole=mole_spec(config),
+        adapter=mole_spec(config),
         group_init_steps=mole.group_init_steps if mole.group_init else 0,
         freeze_base=mole.freeze_supernet,
         params={

@@ -323,7 +323,7 @@ def _tune(
         batch_size=search.eval_batch_size,
         precision=config.supernet.precision,
         latency_batch_size=search.latency_batch_size if measure else None,
-        mole=adapter,
+        adapter=adapter,
     )
     trainable = tune.with_resources(
         tune.with_parameters(evaluate_candidate, spec=spec), trial_resources(search.resources)

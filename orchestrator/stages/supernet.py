@@ -90,7 +90,7 @@ class TrainingPlan:
     max_failures: int
     keep_checkpoints: int = 2
     init_from: str | None = None  # checkpoint whose weights start the (base) supernet
-    mole: dict[str, Any] | None = None  # MoLE spec (TAS-LoRA); None: the plain supernet
+    adapter: dict[str, Any] | None = None  # family adapter spec (TAS-LoRA: MoLE); None: plain
     group_init_steps: int = 0
     freeze_base: bool = True
     params: dict[str, Any] = field(default_factory=dict)  # logged to the stage's MLflow run
@@ -152,11 +152,11 @@ def preflight(config: RaynasConfig, plan: TrainingPlan):
         )
     latest = registered_checkpoint(config.run_path, plan.stage)
     if latest is not None:
-        ckpt.load_into(build_supernet(space, plan.mole), latest)
+        ckpt.load_into(build_supernet(space, plan.adapter), latest)
         ckpt.load_train_state(latest)
         ckpt.load_meta(latest)
     elif plan.init_from is not None:
-        ckpt.load_into(base_of(build_supernet(space, plan.mole)), plan.init_from)
+        ckpt.load_into(base_of(build_supernet(space, plan.adapter)), plan.init_from)
     return splits
 
 
@@ -194,7 +194,7 @@ def run_training(ctx: StageContext, plan: TrainingPlan) -> dict[str, Any]:
         run_dir=run_dir,
         stage=stage,
         init_from=plan.init_from,
-        mole=plan.mole,
+        adapter=plan.adapter,
         group_init_steps=plan.group_init_steps,
         freeze_base=plan.freeze_base,
     )
@@ -231,7 +231,7 @@ def run_training(ctx: StageContext, plan: TrainingPlan) -> dict[str, Any]:
         "epochs": meta["epoch"],
         "checkpoint": ctx.rel(checkpoint),
         "checkpoint_sha256": file_sha256(checkpoint / ckpt.WEIGHTS),
-        "adapter": plan.mole,
+        "adapter": plan.adapter,
         "history": meta["history"],
         "metrics": result.metrics,
         "mlflow_run_id": run_id,

@@ -45,7 +45,7 @@ class WorkerSpec:
     run_dir: str = "."  # local run directory, for the arch logs and the failure-injection marker
     stage: str = "supernet"  # the stage's folder in the run directory; names the progress lines
     init_from: str | None = None  # checkpoint folder whose weights start the (base) supernet
-    mole: dict[str, Any] | None = None  # adapter spec (TAS-LoRA: MoLE); None: the plain supernet
+    adapter: dict[str, Any] | None = None  # family adapter spec (TAS-LoRA: MoLE); None: plain
     group_init_steps: int = 0  # Supernet.prepare_training(init_steps=); TAS-LoRA: router init
     freeze_base: bool = True  # Supernet.prepare_training(freeze_base=): train only the adapter
 
@@ -139,7 +139,7 @@ def train_worker(config: dict[str, Any]) -> None:
 
     torch.manual_seed(spec.seed)  # identical initial weights on every rank
     space = spec.build_space()
-    supernet = build_supernet(space, spec.mole)
+    supernet = build_supernet(space, spec.adapter)
     splits = load_splits(spec.data, ("train", "val"), purpose=spec.stage)
     check_data_fits_space(splits, space)
     if cfg.batch_size < world:
@@ -284,7 +284,7 @@ def train_worker(config: dict[str, Any]) -> None:
                         "epoch": epoch,
                         "history": history,
                         "space": spec.space,
-                        "adapter": spec.mole,
+                        "adapter": spec.adapter,
                         "probes": {n: arch_id(a) for n, a in probes.items()},
                         "world_size": world,
                     },
