@@ -427,7 +427,12 @@ def main() -> None:
         for line in str(exc).splitlines():
             err.print(f"error: {redact(line)}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(1)
-    except Terminated:
+    except BaseException as exc:
+        from orchestrator.runtime import sigterm_received
+
+        # inside Ray's C code the interrupt can surface wrapped (e.g. as a SystemError)
+        if not (isinstance(exc, Terminated) or sigterm_received()):
+            raise
         err.print(
             "stopped by SIGTERM; continue with `raynas run --resume RUN_DIR`", highlight=False
         )

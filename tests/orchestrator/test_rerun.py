@@ -1,11 +1,12 @@
 """Resume re-runs exactly what its changed inputs reach, from a copied run directory too; a
-password in the tracking URL is written nowhere."""
+password in the tracking URL is written nowhere; SIGTERM ends the MLflow runs KILLED."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.config import parse
 from orchestrator.pipeline import config_for_resume, run_pipeline
+from orchestrator.stage import read_result
 from orchestrator.tracking import tracking_uri
 from tests.helpers.configs import tiny_run
 from tests.helpers.servers import local_ray, mlflow_server
@@ -152,3 +154,29 @@ def test_a_password_in_the_tracking_url_is_written_nowhere(tmp_path):
         client = MlflowClient(uri)
         runs = client.search_runs([client.get_experiment_by_name("secrets").experiment_id])
         assert runs and all(secret not in json.dumps(r.data.params) for r in runs)
+
+
+@pytest.mark.slow
+def test_sigterm_ends_the_stage_and_parent_runs_killed(tmp_path):
+    data = tiny_run(tmp_path / "run", supernet={"epochs": 30})
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
+    process = subprocess.Popen(
+        [RAYNAS, "run", str(tmp_path / "c.yaml")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    for line in process.stdout:  # the first epoch line: training is under way
+        if "[supernet] epoch 1/30" in line:
+            break
+    else:
+        pytest.fail("the run ended before its first epoch")
+    process.send_signal(signal.SIGTERM)
+    rest, _ = process.communicate(timeout=120)
+    assert process.returncode == 143, rest[-2000:]
+    assert "stopped by SIGTERM" in rest
+    state = json.loads((tmp_path / "run" / "tracking.json").read_text())
+    client = MlflowClient(tracking_uri(None, str(tmp_path / "run")))
+    assert client.get_run(state["stages"]["supernet"]).info.status == "KILLED"
+    assert client.get_run(state["parent"]).info.status == "KILLED"
+    assert read_result(tmp_path / "run", "supernet") is None
