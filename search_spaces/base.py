@@ -214,6 +214,23 @@ class Supernet(nn.Module, metaclass=abc.ABCMeta):
                 m.momentum = momentum
             self.train(was_training)
 
+    # ---- operation selection (differentiable cell search: IT-NAS, DARTS) ---------------------
+    def selector_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the supernet's operation selector (IT-NAS's indicator tokens and
+        transformer, DARTS's alphas), which bi-level training updates on their own carve-out
+        of TRAIN with their own optimizer. ``forward(x, None)`` then runs the mixed supernet
+        (every op on every edge, mixed by the selector). Default: no selector."""
+        return []
+
+    def selection_scores(self, x: Any) -> dict[str, torch.Tensor]:
+        """One mixed forward over ``x``: per cell type (e.g. ``"cell"``; ``"normal"`` and
+        ``"reduce"``) the importance of every op on every edge, a float tensor
+        ``(edges, ops)`` averaged over the batch and the cell instances; each row sums to 1.
+        Families without a selector refuse, naming the supernet."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no operation selector (selection_scores)"
+        )
+
 
 class SearchSpace(abc.ABC):
     """One family's space of architectures; plain Python, no Ray/MLflow/Optuna at import.
@@ -317,6 +334,31 @@ class SearchSpace(abc.ABC):
             f"search-space family {self.family!r} has no adapters; got adapter settings "
             f"{sorted(adapter)}"
         )
+
+    # ---- operation selection and tabular benchmarks (cell spaces) -----------------------------
+    def describe(self, arch: Arch) -> str:
+        """The arch in the family's own text form (NB201 string, DARTS genotype); default:
+        its canonical JSON."""
+        return self.to_json(arch)
+
+    def selection_labels(self) -> dict[str, tuple[list[str], list[str]]]:
+        """Per cell type of :meth:`Supernet.selection_scores`: (edge labels, op labels), the
+        rows and columns of its importance matrix. Default: the family has no selector."""
+        raise ValueError(f"search-space family {self.family!r} has no operation selector")
+
+    def select(self, scores: Mapping[str, Any]) -> Arch:
+        """The discrete arch that importance matrices ``scores`` (as returned by
+        :meth:`Supernet.selection_scores`, averaged over a val pass; tensors or nested lists)
+        select, by the family's rule. Default: the family has no selector."""
+        raise ValueError(f"search-space family {self.family!r} has no operation selector")
+
+    def tabular_benchmark(self) -> Any | None:
+        """A table of known accuracies for the archs of this space (NAS-Bench-201), or None.
+
+        The object has ``name`` (str), ``metric`` (str), ``accuracy(arch) -> float`` and
+        ``percentile(arch) -> float`` (percent of the table's archs scoring strictly below it).
+        Default: no table."""
+        return None
 
     # ---- identity and serialisation (shared) --------------------------------------------------
     def arch_id(self, arch: Arch) -> str:
