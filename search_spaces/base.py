@@ -341,6 +341,10 @@ class SearchSpace(abc.ABC):
         its canonical JSON."""
         return self.to_json(arch)
 
+    def parse(self, text: str) -> Arch:
+        """An arch from its text form (:meth:`describe`) or its JSON; default: JSON only."""
+        return self.from_json(text)
+
     def selection_labels(self) -> dict[str, tuple[list[str], list[str]]]:
         """Per cell type of :meth:`Supernet.selection_scores`: (edge labels, op labels), the
         rows and columns of its importance matrix. Default: the family has no selector."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from search_spaces.cell import DartsArch, NB201Arch
 from search_spaces.vit import ViTArch, ViTSpace
 from tests.search_spaces.search_space_contract import ContractKit, SupernetBudget
 
@@ -67,6 +68,40 @@ def vit_budget(preset: str) -> SupernetBudget:
     return SupernetBudget(batch=4, random_archs=1)
 
 
+def cell_bad_archs(space: Any) -> list[tuple[Any, str]]:
+    """One invalid cell per kind of mistake (NB201Arch or DartsArch by the space's kind)."""
+    good = space.largest()
+    if isinstance(good, NB201Arch):
+        ops = good.ops
+        return [
+            (NB201Arch(ops[:2] + ("conv_5x5",) + ops[3:]), "ops[2]"),
+            (NB201Arch(ops[:-1]), "ops"),
+            (NB201Arch(ops + ("none",)), "ops"),
+            (NB201Arch((3,) + ops[1:]), "ops[0]"),
+            (NB201Arch("nor_conv_3x3"), "ops"),
+        ]
+    assert isinstance(good, DartsArch)
+    n, r = list(good.normal), good.reduce
+    return [
+        (DartsArch(tuple(n[:3] + [("conv_7x1_1x7", 1)] + n[4:]), r), "normal[3]"),
+        (DartsArch(tuple(n[:1] + [("none", 1)] + n[2:]), r), "normal[1]"),
+        (DartsArch(tuple(n[:-1]), r), "normal"),
+        (DartsArch(good.normal, r[:5] + (("sep_conv_5x5", 4),) + r[6:]), "reduce[5]"),
+        (DartsArch(good.normal, r[:6] + (("sep_conv_5x5", 1), ("sep_conv_5x5", 1))), "reduce[7]"),
+        (DartsArch(good.normal, r[:2] + (("sep_conv_5x5", True),) + r[3:]), "reduce[2]"),
+        (DartsArch(good.normal, r[:6] + ("sep_conv_5x5",) + r[7:]), "reduce[6]"),
+    ]
+
+
+def cell_budget(preset: str) -> SupernetBudget:
+    """Cell supernets are small; the CIFAR-scale presets check fewer random archs.
+    test_cell_supernet.py checks more archs on the small presets."""
+    if preset in ("nas-bench-201", "darts"):
+        return SupernetBudget(batch=2, random_archs=1)
+    return SupernetBudget(batch=2, random_archs=2)
+
+
 KITS: dict[str, ContractKit] = {
     "vit": ContractKit(bad_archs=vit_bad_archs, budget=vit_budget),
+    "cell": ContractKit(bad_archs=cell_bad_archs, budget=cell_budget),
 }
