@@ -246,14 +246,41 @@ def data_convert(
 RunDirArg = Annotated[Path, typer.Argument(help="Run directory.", show_default=False)]
 
 
+def _print_selection(selection: dict) -> None:
+    """The selected cell, each edge's importances (the chosen op first) and its table reading."""
+    out.print(f"selected cell: {selection['text']}", highlight=False)
+    for name, scores in selection["scores"].items():
+        labels = selection["labels"][name]
+        table = Table("edge", *labels["ops"], box=None, title=f"importances ({name})",
+                      title_justify="left")  # fmt: skip
+        for edge, row in zip(labels["edges"], scores, strict=True):
+            top = max(range(len(row)), key=row.__getitem__)
+            table.add_row(
+                edge,
+                *(f"[bold]{v:.3f}[/bold]" if j == top else f"{v:.3f}" for j, v in enumerate(row)),
+            )
+        out.print(table)
+    found = selection.get("table")
+    if found:
+        out.print(
+            f"{found['name']}: {found['accuracy']:.2f}% CIFAR-10, percentile "
+            f"{found['percentile']:.1f} (a transfer proxy on other data)",
+            highlight=False,
+        )
+
+
 def _print_pareto(cfg) -> None:
-    """The exported Pareto subnets and the commands that open what the run wrote."""
+    """The selected cell (IT-NAS), the exported models and the commands that open the run."""
     from orchestrator.stage import read_result
     from orchestrator.stages.report import TABLE_HEADER, next_commands, pareto_table
 
+    selection = read_result(cfg.run_path, "select") if "select" in cfg.stage_names else None
+    if selection is not None:
+        _print_selection(selection)
     summary = read_result(cfg.run_path, "export")
     if summary is not None:
-        table = Table(*TABLE_HEADER, box=None, title="Pareto subnets", title_justify="left")
+        title = "Retrained model" if "retrain" in cfg.stage_names else "Pareto subnets"
+        table = Table(*TABLE_HEADER, box=None, title=title, title_justify="left")
         for row in pareto_table(summary["models"]):
             table.add_row(*row)
         out.print(table)

@@ -11,6 +11,11 @@ them for that arch (``Supernet.recalibrate``) on a small FIXED slice of the TRAI
 first ``recalibration_batches x batch_size`` train images, loaded once per worker, the same for
 every arch. It costs that many forward passes per arch. A supernet without BatchNorm (the ViT
 family) skips it: no train images are loaded and its scores are unchanged.
+
+Tables. With ``evaluator="table"`` a :class:`TableEvaluator` answers instead: the space's
+tabular benchmark (``SearchSpace.tabular_benchmark``, NAS-Bench-201's CIFAR-10 table) gives
+each arch's accuracy, reported as ``val_top1`` so every strategy, the study and the archive run
+unchanged. No data split and no supernet are read.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from trainables.train.loop import autocast_dtype, check_data_fits_space, evaluat
 class EvalSpec:
     """Everything an evaluation worker needs, as plain data (shipped once per Tune run)."""
 
-    checkpoint: str  # folder holding supernet.pt (a supernet stage checkpoint)
+    checkpoint: str | None  # folder holding supernet.pt; None with the table evaluator
     data: DataConfig
     space: dict[str, Any] = field(default_factory=dict)  # build_space(family, preset, overrides)
     batch_size: int = 512
@@ -44,6 +49,8 @@ class EvalSpec:
     latency_repeats: int = 10
     adapter: dict[str, Any] | None = None  # the family adapter spec (TAS-LoRA: MoLE experts)
     recalibration_batches: int = 4  # BatchNorm supernets only: train batches per arch
+    evaluator: str = "supernet"  # "supernet": inherited weights on val; "table": the space's table
+    purpose: str = "search"  # names the reader in the data access log
 
     def key(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, default=str)
@@ -63,7 +70,7 @@ class Evaluator:
         self.supernet = supernet.to(self.device).eval()
         recalibrate = self.supernet.has_batchnorm() and spec.recalibration_batches > 0
         wanted = ("train", "val") if recalibrate else ("val",)
-        splits = load_splits(spec.data, wanted, purpose="search")
+        splits = load_splits(spec.data, wanted, purpose=spec.purpose)
         check_data_fits_space(splits, self.space)
         self.val = splits.split("val")
         self.indices = list(range(len(self.val)))
@@ -133,15 +140,51 @@ class Evaluator:
         return metrics
 
 
-_CACHE: dict[str, Evaluator] = {}
+class TableEvaluator:
+    """Scores archs by table lookup (``SearchSpace.tabular_benchmark``): the table's accuracy
+    as ``val_top1``, the analytic cost as usual. Cheap: no data, no supernet, no device."""
+
+    def __init__(self, spec: EvalSpec) -> None:
+        self.spec = spec
+        self.space = build_space(
+            spec.space["family"], spec.space.get("preset"), spec.space.get("overrides") or {}
+        )
+        self.table = self.space.tabular_benchmark()
+        if self.table is None:
+            raise ValueError(
+                f"search.evaluator=table: search space {spec.space['family']}/"
+                f"{spec.space.get('preset')} has no tabular benchmark; allowed: supernet"
+            )
+
+    def measure(self, arch: Any) -> dict[str, Any]:
+        started = time.time()
+        metrics: dict[str, Any] = {"val_top1": float(self.table.accuracy(arch))}
+        metrics.update({k: int(v) for k, v in self.space.cost(arch).items()})
+        metrics["start_time"] = started
+        metrics["end_time"] = time.time()
+        metrics["device"] = f"table:{self.table.metric}"
+        metrics["pid"] = os.getpid()
+        return metrics
 
 
-def cached_evaluator(spec: EvalSpec) -> Evaluator:
+_CACHE: dict[str, Evaluator | TableEvaluator] = {}
+
+
+def build_evaluator(spec: EvalSpec) -> Evaluator | TableEvaluator:
+    """The evaluator `spec` asks for (``spec.evaluator``: supernet or table)."""
+    if spec.evaluator == "table":
+        return TableEvaluator(spec)
+    if spec.evaluator != "supernet":
+        raise ValueError(f"evaluator={spec.evaluator!r}; allowed: supernet, table")
+    return Evaluator(spec)
+
+
+def cached_evaluator(spec: EvalSpec) -> Evaluator | TableEvaluator:
     """This process's evaluator for `spec`, built on first use (one per process and spec)."""
     key = spec.key()
     if key not in _CACHE:
         _CACHE.clear()  # a new checkpoint replaces the old one; never hold two supernets
-        _CACHE[key] = Evaluator(spec)
+        _CACHE[key] = build_evaluator(spec)
     return _CACHE[key]
 
 

@@ -6,9 +6,15 @@ from orchestrator.config.loader import (
     parse,
     read_yaml,
 )
-from orchestrator.config.schema import METHOD_FAMILY, METHOD_STAGES, RunConfig
+from orchestrator.config.schema import (
+    METHOD_DEFAULT_STAGES,
+    METHOD_FAMILY,
+    METHOD_STAGES,
+    RunConfig,
+)
 
 __all__ = [
+    "METHOD_DEFAULT_STAGES",
     "METHOD_FAMILY",
     "METHOD_STAGES",
     "RunConfig",

@@ -17,7 +17,7 @@ from trainables.train.config import SupernetTrainConfig
 
 Method = Literal["autoformer", "tas-lora", "flora", "it-nas"]
 StageName = Literal[
-    "pretrain", "supernet", "mole", "filter", "search", "select", "export", "report"
+    "pretrain", "supernet", "mole", "filter", "select", "search", "retrain", "export", "report"
 ]
 Objective = Literal["flops", "params", "latency"]
 
@@ -32,7 +32,31 @@ METHOD_STAGES: dict[str, tuple[str, ...]] = {
     "autoformer": ("supernet", "search", "export", "report"),
     "tas-lora": ("supernet", "mole", "search", "export", "report"),
     "flora": ("pretrain", "filter", "supernet", "search", "export", "report"),
-    "it-nas": ("supernet", "select", "export", "report"),
+    "it-nas": ("supernet", "select", "search", "retrain", "export", "report"),
+}
+#: The stages a method runs when the config names none (a subset of METHOD_STAGES, in order);
+#: IT-NAS's `search` is optional: a search over inherited weights or the NB201 table.
+METHOD_DEFAULT_STAGES: dict[str, tuple[str, ...]] = {
+    **METHOD_STAGES,
+    "it-nas": ("supernet", "select", "retrain", "export", "report"),
+}
+#: Per method, defaults of config sections that differ from the generic ones (a config's own
+#: values always win). IT-NAS trains its cell supernet as DARTS does: the mixed supernet, SGD
+#: with momentum (lr 0.025 -> 0.001 cosine, weight decay 3e-4), batch 64, no label smoothing.
+METHOD_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "it-nas": {
+        "supernet": {
+            "sampling": "mixed",
+            "optimizer": "sgd",
+            "lr": 0.025,
+            "min_lr": 0.001,
+            "momentum": 0.9,
+            "weight_decay": 3e-4,
+            "warmup_epochs": 0.0,
+            "label_smoothing": 0.0,
+            "batch_size": 64,
+        },
+    },
 }
 
 
@@ -175,6 +199,11 @@ class EvolutionConfig(Strict):
 
 class SearchConfig(Strict):
     strategy: Literal["nsga2", "evolution", "tpe", "random"] = "nsga2"
+    evaluator: Literal["supernet", "table"] = Field(
+        "supernet",
+        description="supernet: val top-1 with inherited weights; table: the space's tabular "
+        "benchmark (NAS-Bench-201: CIFAR-10 test accuracy of the cell, no data or supernet read)",
+    )
     objectives: list[Objective] = Field(
         default_factory=lambda: ["flops"], description="costs minimised beside val top-1 (1 to 3)"
     )
@@ -217,9 +246,48 @@ class SearchConfig(Strict):
 
 
 class SelectConfig(Strict):
-    """IT-NAS: operation selection from indicator-token importances."""
+    """IT-NAS: operation selection from the selector's importances over one val pass. The rule
+    is the space's (NAS-Bench-201: the top op per edge; DARTS: the top-2 incoming edges per
+    node by their best non-`none` importance, then that op)."""
 
-    top_edges_per_node: int = Field(2, ge=1)
+    batch_size: int = Field(256, ge=1, description="val images per mixed forward")
+    max_images: int | None = Field(
+        None, ge=1, description="val images averaged over; null: the whole val split"
+    )
+
+
+class RetrainConfig(SupernetConfig):
+    """IT-NAS: the selected arch trained from scratch on Ray Train. Defaults: NAS-Bench-201's
+    recipe (SGD, Nesterov momentum 0.9, lr 0.1 cosine, weight decay 5e-4, batch 256, no label
+    smoothing), for fewer epochs than its 200."""
+
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(256, ge=1)
+    optimizer: Literal["adamw", "sgd"] = "sgd"
+    lr: float | None = Field(0.1, gt=0)
+    min_lr: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(5e-4, ge=0)
+    warmup_epochs: float = Field(0.0, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    arch: str | None = Field(
+        None,
+        description="retrain this arch (the space's text form, e.g. an NB201 string or a DARTS "
+        "genotype, or arch JSON) instead of the select stage's choice",
+    )
+    space_overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description="space fields changed for the retrained network only (e.g. more channels "
+        "or cells than the supernet had)",
+    )
+
+    @field_validator("sampling")
+    @classmethod
+    def _one_arch(cls, value: str) -> str:
+        if value != "uniform":
+            raise ValueError(f"retrain trains one fixed arch; sampling={value!r} is not used")
+        return value
 
 
 class ExportConfig(Strict):
@@ -280,9 +348,28 @@ class RunConfig(Strict):
     filter: FilterConfig = Field(default_factory=FilterConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
     select: SelectConfig = Field(default_factory=SelectConfig)
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_defaults(cls, data: Any) -> Any:
+        """Fill the method's own defaults (``METHOD_DEFAULTS``) under what the config sets."""
+        if not isinstance(data, dict):
+            return data
+        sections = METHOD_DEFAULTS.get(data.get("method"), {})  # type: ignore[arg-type]
+        if not sections:
+            return data
+        data = dict(data)
+        for section, defaults in sections.items():
+            given = data.get(section)
+            if given is None:
+                data[section] = dict(defaults)
+            elif isinstance(given, dict):
+                data[section] = {**defaults, **given}
+        return data
 
     @field_validator("name")
     @classmethod
@@ -338,7 +425,7 @@ class RunConfig(Strict):
 
     @property
     def stage_names(self) -> tuple[str, ...]:
-        return tuple(self.stages) if self.stages is not None else METHOD_STAGES[self.method]
+        return tuple(self.stages) if self.stages is not None else METHOD_DEFAULT_STAGES[self.method]
 
     @property
     def run_path(self) -> str:

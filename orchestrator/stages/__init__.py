@@ -11,9 +11,10 @@ from orchestrator.stage import StageSpec
 
 def registered() -> dict[str, StageSpec]:
     """Stage name -> its declaration."""
-    from orchestrator.stages import export, mole, report, search, supernet
+    from orchestrator.stages import export, mole, report, retrain, search, select, supernet
 
-    return {m.SPEC.name: m.SPEC for m in (supernet, mole, search, export, report)}
+    order = (supernet, mole, select, search, retrain, export, report)
+    return {m.SPEC.name: m.SPEC for m in order}
 
 
 def latest_output(run_dir, name: str) -> dict | None:

@@ -10,6 +10,10 @@ logged again. `export/result.json` is written by the engine when all are done.
 
 Nothing is chosen by test accuracy: the summary names the best-VAL model and reports its test
 top-1 (``test_top1_of_best_val``).
+
+The ``front`` input is a search's Pareto front (rows in the archive, models extracted from the
+supernet it scored with) or a retrained arch (IT-NAS's `retrain`: its rows and the space it
+was trained in travel in the result; the model is extracted from the retrained checkpoint).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any
 
 import torch
 
+from orchestrator.errors import UserInputError
 from orchestrator.files import write_json_atomic
 from orchestrator.search.archive import ARCHIVE_FILE, Archive
 from orchestrator.stage import StageContext, StageSpec, read_json
@@ -53,11 +58,20 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     config, run_dir = ctx.config, ctx.run_dir
     searched = ctx.input("front")
-    archive = Archive.load(run_dir / ARCHIVE_FILE)
-    front = [archive.get(aid) for aid in searched["front"]]  # cheapest first, as searched
+    if searched.get("checkpoint") is None:
+        raise UserInputError(
+            f"export needs trained weights, but the front was scored by "
+            f"{searched.get('evaluator', 'a table')} (no checkpoint); allowed: a front scored "
+            "with a supernet (search.evaluator=supernet) or a retrained arch (stage retrain)"
+        )
+    if searched.get("rows") is not None:
+        front = list(searched["rows"])
+    else:
+        archive = Archive.load(run_dir / ARCHIVE_FILE)
+        front = [archive.get(aid) for aid in searched["front"]]  # cheapest first, as searched
     chosen = select(front, config.export.max_models)
 
-    space = build_space(**config.space_spec)
+    space = build_space(**(searched.get("space") or config.space_spec))
     supernet = load_supernet(space, ctx.path(searched["checkpoint"]), searched.get("adapter"))
     device = default_device()
     dtype = autocast_dtype(config.supernet.precision, device)

@@ -53,31 +53,66 @@ def next_commands(config: RaynasConfig) -> list[str]:
     return [mlflow_cmd, f"optuna-dashboard {redact(storage_url(config))} --port 8080"]
 
 
-def render(config: RaynasConfig, upstream: dict[str, dict[str, Any]], searched, exported) -> str:
+def selection_lines(selection: dict[str, Any]) -> list[str]:
+    """The selected cell: its text form, cost, table reading and the importance matrices."""
     lines = [
-        f"# raynas run `{config.name}`",
+        "## Selected cell",
         "",
-        f"method **{config.method}**, space `{config.family}/{config.space.preset or 'default'}`, "
-        f"data `{config.data.name}`, seed {config.seed}",
+        f"`{selection['text']}`",
         "",
-        "## Pareto subnets",
+        f"- {selection['params'] / 1e6:.3f}M params, {selection['flops'] / 1e6:.2f} MFLOPs; "
+        f"val top-1 with inherited weights (BatchNorm recalibrated): "
+        f"{selection['val_top1_inherited']:.2f}%",
+        f"- importances averaged over {selection['images']} val images",
+    ]
+    table = selection.get("table")
+    if table:
+        lines.append(
+            f"- {table['name']}: {table['metric']} {table['accuracy']:.2f}%, percentile "
+            f"{table['percentile']:.1f} (the table is CIFAR-10 at 200 epochs: on other data a "
+            "transfer proxy, not this run's accuracy)"
+        )
+    lines += ["", f"![importances]({selection['heatmap']})", ""]
+    for name, scores in selection["scores"].items():
+        labels = selection["labels"][name]
+        lines += [f"Importances, `{name}` (rows: edges, columns: ops):", ""]
+        lines.append("| edge | " + " | ".join(labels["ops"]) + " |")
+        lines.append("|---|" + "---|" * len(labels["ops"]))
+        for edge, row in zip(labels["edges"], scores, strict=True):
+            top = max(range(len(row)), key=row.__getitem__)
+            cells = [f"**{v:.3f}**" if j == top else f"{v:.3f}" for j, v in enumerate(row)]
+            lines.append(f"| {edge} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+def exported_lines(searched: dict[str, Any], exported: dict[str, Any]) -> list[str]:
+    retrained = searched.get("rows") is not None
+    what = "retrained arch" if retrained else f"of {exported['front_size']} Pareto subnets"
+    lines = [
+        "## Retrained model" if retrained else "## Pareto subnets",
         "",
-        f"{len(exported['models'])} of {exported['front_size']} Pareto subnets exported to "
-        f"`export/<arch id>/`; test top-1 over {exported['test_images']} test images, measured "
-        "once, here. Nothing is chosen by test accuracy: the best subnet by val top-1 is "
-        f"`{exported['best_val']}`, test top-1 {exported['test_top1_of_best_val']:.2f}%.",
+        f"{len(exported['models'])} {what} exported to `export/<arch id>/`; test top-1 over "
+        f"{exported['test_images']} test images, measured once, here. Nothing is chosen by test "
+        f"accuracy: the best model by val top-1 is `{exported['best_val']}`, test top-1 "
+        f"{exported['test_top1_of_best_val']:.2f}%.",
         "",
         "| " + " | ".join(TABLE_HEADER) + " |",
         "|" + "---|" * len(TABLE_HEADER),
     ]
     lines += ["| " + " | ".join(row) + " |" for row in pareto_table(exported["models"])]
-    lines += [
-        "",
-        "![accuracy vs MFLOPs](pareto.png)",
-        "",
+    if not retrained:
+        lines += ["", "![accuracy vs MFLOPs](pareto.png)"]
+    return lines + [""]
+
+
+def search_lines(searched: dict[str, Any]) -> list[str]:
+    evaluator = searched.get("evaluator", "supernet")
+    scored = "val top-1 with inherited weights" if evaluator == "supernet" else "the space's table"
+    return [
         "## Search",
         "",
-        f"- strategy `{searched['strategy']}`, objectives: val top-1 up, "
+        f"- strategy `{searched['strategy']}`, scored by {scored}; objectives: accuracy up, "
         f"{', '.join(searched['objectives'])} down",
         f"- {searched['evaluated']} candidates evaluated of a budget of {searched['budget']} "
         f"({searched['rejected']} proposals rejected by the constraints, "
@@ -85,30 +120,57 @@ def render(config: RaynasConfig, upstream: dict[str, dict[str, Any]], searched, 
         f"- hypervolume (val top-1 x MFLOPs below the largest candidate): "
         f"{searched['hypervolume'] / 1e6:.1f}",
         f"- study `{searched['study']}` in `{searched['storage']}`; every candidate in `archive.parquet`",
+        "",
     ]
+
+
+def training_lines(stage: str, trained: dict[str, Any]) -> list[str]:
+    last = trained["history"][-1]
+    probes = ", ".join(
+        f"{k.removeprefix('val_top1_')} {v:.1f}%"
+        for k, v in last.items()
+        if k.startswith("val_top1_") and not k.endswith("mean")
+    )
+    lines = [
+        f"## Stage `{stage}`",
+        "",
+        f"- {trained['epochs']} epochs, checkpoint `{trained['checkpoint']}`",
+    ]
+    if probes:
+        lines.append(f"- val top-1 after the last epoch: {probes}")
+    else:  # mixed (selector) training reads no val
+        line = f"- train top-1 in the last epoch: {last.get('train_top1', float('nan')):.1f}%"
+        if "selector_loss" in last:
+            line += f", selector loss {last['selector_loss']:.4f}"
+        lines.append(line)
+    return lines + [""]
+
+
+def render(config: RaynasConfig, upstream: dict[str, dict[str, Any]], inputs) -> str:
+    lines = [
+        f"# raynas run `{config.name}`",
+        "",
+        f"method **{config.method}**, space `{config.family}/{config.space.preset or 'default'}`, "
+        f"data `{config.data.name}`, seed {config.seed}",
+        "",
+    ]
+    selection, searched, exported = (inputs.get(k) for k in ("selection", "front", "exported"))
+    if selection is not None:
+        lines += selection_lines(selection)
+    if searched is not None and exported is not None:
+        lines += exported_lines(searched, exported)
+    search = upstream.get("search")
+    if search is not None:
+        lines += search_lines(search)
     for stage, trained in upstream.items():
-        if not trained.get("history"):
-            continue  # a training stage's result carries its per-epoch history
-        last = trained["history"][-1]
-        probes = ", ".join(
-            f"{k.removeprefix('val_top1_')} {v:.1f}%"
-            for k, v in last.items()
-            if k.startswith("val_top1_") and not k.endswith("mean")
-        )
-        lines += [
-            "",
-            f"## Stage `{stage}`",
-            "",
-            f"- {trained['epochs']} epochs ({config.supernet.sampling} sampling), "
-            f"checkpoint `{trained['checkpoint']}`",
-            f"- val top-1 after the last epoch: {probes}",
-        ]
-    lines += ["", "## Open it", "", "```"] + next_commands(config) + ["```", ""]
+        if trained.get("history"):  # a training stage's result carries its per-epoch history
+            lines += training_lines(stage, trained)
+    lines += ["## Open it", "", "```"] + next_commands(config) + ["```", ""]
     return "\n".join(lines)
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    text = render(ctx.config, ctx.upstream, ctx.input("front"), ctx.input("exported"))
+    text = render(ctx.config, ctx.upstream, ctx.inputs)
     path = write_text_atomic(ctx.run_dir / REPORT, text)
     ctx.tracker.client.log_artifact(ctx.run_id, str(path))
     return {"report": ctx.rel(path)}
@@ -118,8 +180,7 @@ SPEC = StageSpec(
     name=STAGE,
     run=run,
     reads=("name", "method", "seed", "data", "space", "tracking", "search.storage"),
-    needs=("front", "exported"),
-    optional=("supernet",),
+    optional=("supernet", "selection", "front", "exported"),
     writes=(REPORT,),
     always=True,
     describe="write report.md",

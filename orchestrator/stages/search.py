@@ -202,16 +202,25 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     config, run_dir = ctx.config, ctx.run_dir
     search = config.search
-    trained = ctx.input("supernet")
-    checkpoint = ctx.path(trained["checkpoint"])
-    adapter = trained.get("adapter")
     space = build_space(**config.space_spec)
-    load_supernet(space, checkpoint, adapter)  # corrupt/mismatched: fail now
+    if search.evaluator == "table":
+        table = space.tabular_benchmark()
+        if table is None:
+            raise UserInputError(
+                f"search.evaluator=table: search space {config.family}/{config.space.preset} has "
+                "no tabular benchmark; allowed: supernet"
+            )
+        trained = {"checkpoint": None, "checkpoint_sha256": None, "adapter": None}
+        checkpoint, adapter, scored_by = None, None, f"table:{table.name}:{table.metric}"
+    else:
+        trained = ctx.input("supernet")
+        checkpoint = ctx.path(trained["checkpoint"])
+        adapter = trained.get("adapter")
+        load_supernet(space, checkpoint, adapter)  # corrupt/mismatched: fail now
+        scored_by = trained.get("checkpoint_sha256")
     metrics = metric_names(search.objectives)
     constraint = constraint_of(search, space)
-    archive = Archive.load(
-        run_dir / ARCHIVE_FILE, stamp={"scored_by": trained.get("checkpoint_sha256")}
-    )
+    archive = Archive.load(run_dir / ARCHIVE_FILE, stamp={"scored_by": scored_by})
 
     storage = open_study(config)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -227,6 +236,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         flatten(
             {
                 "search": config.model_dump(mode="json")["search"],
+                "evaluator": search.evaluator,
                 "checkpoint": trained["checkpoint"],
                 "checkpoint_sha256": trained.get("checkpoint_sha256"),
                 "study": name,
@@ -265,7 +275,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         )
         failed = _tune(config, space, checkpoint, adapter, searcher, remaining, ctx.folder)
     ok = len(archive) >= search.budget or searcher.exhausted
-    outcome = _finish(config, archive, searcher, ctx, time.time() - started, failed, name)
+    outcome = _finish(config, archive, searcher, trained, ctx, time.time() - started, failed, name)
     if not ok:
         raise UserInputError(
             f"search evaluated {len(archive)} of {search.budget} candidates ({failed} trials "
@@ -289,7 +299,7 @@ SPEC = StageSpec(
     reads=("seed", "data", "space", "search", "supernet.precision"),
     ignores=("search.resources", "search.max_trial_failures", "search.eval_batch_size"),
     extends=("search.budget",),
-    needs=("supernet",),
+    optional=("supernet",),  # needed by the supernet evaluator; the table evaluator reads none
     provides={"front": ("front", "checkpoint", "checkpoint_sha256", "adapter")},
     writes=(ARCHIVE_FILE, "pareto.parquet", PLOT_FILE),
     describe="score subnets with inherited weights in parallel (Ray Tune + Optuna)",
@@ -303,7 +313,7 @@ class TrialsFailed(RuntimeError):
 def _tune(
     config: RaynasConfig,
     space: Any,
-    checkpoint: Path,
+    checkpoint: Path | None,
     adapter: dict[str, Any] | None,
     searcher: ArchSearch,
     n: int,
@@ -317,7 +327,8 @@ def _tune(
     check_fits(search.resources, STAGE, local)
     measure = search.measure_latency or "latency" in search.objectives
     spec = EvalSpec(
-        checkpoint=str(checkpoint),
+        checkpoint=str(checkpoint) if checkpoint is not None else None,
+        evaluator=search.evaluator,
         data=config.data,
         space=config.space_spec,
         batch_size=search.eval_batch_size,
@@ -361,6 +372,7 @@ def _finish(
     config: RaynasConfig,
     archive: Archive,
     searcher: ArchSearch,
+    trained: dict[str, Any],
     ctx: StageContext,
     seconds: float,
     failed: int,
@@ -368,7 +380,6 @@ def _finish(
 ) -> dict[str, Any]:
     """Pareto front, plot and the stage result (written by the engine)."""
     run_dir = ctx.run_dir
-    trained = ctx.input("supernet")
     rows = archive.rows
     front = pareto_front(rows, config.search.objectives)
     write_front(front, run_dir)
@@ -387,6 +398,7 @@ def _finish(
         "failed": failed,
         "seconds": seconds,
         "strategy": config.search.strategy,
+        "evaluator": config.search.evaluator,
         "objectives": list(config.search.objectives),
         "study": study,
         "storage": redact(storage_url(config)),

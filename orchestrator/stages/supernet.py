@@ -94,6 +94,11 @@ class TrainingPlan:
     group_init_steps: int = 0
     freeze_base: bool = True
     params: dict[str, Any] = field(default_factory=dict)  # logged to the stage's MLflow run
+    space: dict[str, Any] | None = None  # build_space arguments; None: the config's space
+    arch: str | None = None  # JSON of the one arch every step trains (retrain); None: sampled
+
+    def space_spec(self, config: RaynasConfig) -> dict[str, Any]:
+        return self.space if self.space is not None else config.space_spec
 
 
 def supernet_plan(config: RaynasConfig) -> TrainingPlan:
@@ -141,9 +146,18 @@ def file_sha256(path: Path) -> str:
 def preflight(config: RaynasConfig, plan: TrainingPlan):
     """Everything that can be checked on the driver, before any worker starts; returns the
     train and val splits (for the MLflow dataset record)."""
-    space = build_space(**config.space_spec)
-    splits = load_splits(config.data, ("train", "val"), purpose=f"{plan.stage}-preflight")
+    space = build_space(**plan.space_spec(config))
+    if plan.arch is not None:
+        space.from_json(plan.arch)  # an arch of another space: fail before any worker starts
+    # mixed (selector) training reads TRAIN only; so does its pre-flight
+    wanted = ("train",) if plan.train.sampling == "mixed" else ("train", "val")
+    splits = load_splits(config.data, wanted, purpose=f"{plan.stage}-preflight")
     check_data_fits_space(splits, space)
+    if plan.train.sampling == "mixed" and not build_supernet(space).selector_parameters():
+        raise UserInputError(
+            f"{plan.stage}.sampling=mixed needs a supernet with an operation selector; the "
+            f"{space.family} family has none (allowed for it: uniform, sandwich)"
+        )
     batch, workers = plan.train.batch_size, plan.resources.workers
     if batch // workers < 1 or len(splits.train) < batch:
         raise UserInputError(
@@ -189,7 +203,7 @@ def run_training(ctx: StageContext, plan: TrainingPlan) -> dict[str, Any]:
     spec = WorkerSpec(
         train=plan.train,
         data=config.data,
-        space=config.space_spec,
+        space=plan.space_spec(config),
         seed=config.seed,
         run_dir=run_dir,
         stage=stage,
@@ -197,6 +211,7 @@ def run_training(ctx: StageContext, plan: TrainingPlan) -> dict[str, Any]:
         adapter=plan.adapter,
         group_init_steps=plan.group_init_steps,
         freeze_base=plan.freeze_base,
+        arch=plan.arch,
     )
     trainer = TorchTrainer(
         train_worker,

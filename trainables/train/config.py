@@ -21,6 +21,26 @@ class FailureInjection(BaseModel):
     rank: int = Field(0, ge=0)
 
 
+class SelectorTrainConfig(BaseModel):
+    """How the operation selector of a cell supernet (IT-NAS's indicator tokens, DARTS's
+    alphas) is trained in `mixed` sampling. Defaults: DARTS's architecture optimizer (Adam,
+    lr 3e-4, betas (0.5, 0.999), weight decay 1e-3)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["single", "bilevel"] = Field(
+        "bilevel",
+        description="single: weights and selector step on the same train batch; bilevel: the "
+        "selector steps on its own carve-out of TRAIN first (first-order alternation, as DARTS)",
+    )
+    split: float = Field(
+        0.5, gt=0, lt=1, description="bilevel: fraction of TRAIN carved out for the selector"
+    )
+    lr: float = Field(3e-4, gt=0)
+    betas: tuple[float, float] = (0.5, 0.999)
+    weight_decay: float = Field(1e-3, ge=0)
+
+
 class SupernetTrainConfig(BaseModel):
     """One-shot supernet training (AutoFormer's recipe, sandwich sampling optional)."""
 
@@ -36,10 +56,15 @@ class SupernetTrainConfig(BaseModel):
     weight_decay: float = Field(0.05, ge=0)
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     clip_grad: float | None = Field(5.0, gt=0, description="max gradient norm; null: no clipping")
-    sampling: Literal["uniform", "sandwich"] = Field(
+    sampling: Literal["uniform", "sandwich", "mixed"] = Field(
         "uniform",
-        description="uniform: one random subnet per step; sandwich: largest + smallest + random",
+        description="uniform: one random subnet per step; sandwich: largest + smallest + random; "
+        "mixed: every op on every edge, mixed by the supernet's selector (cell spaces)",
     )
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="the weights' optimizer")
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
+    nesterov: bool = Field(False, description="sgd only")
+    selector: SelectorTrainConfig = Field(default_factory=SelectorTrainConfig)
     eval_subnets: int = Field(
         3, ge=0, description="fixed random subnets evaluated on val every epoch"
     )
@@ -58,3 +83,7 @@ class SupernetTrainConfig(BaseModel):
     @property
     def peak_lr(self) -> float:
         return self.lr if self.lr is not None else 5e-4 * self.batch_size / 512
+
+    @property
+    def bilevel(self) -> bool:
+        return self.sampling == "mixed" and self.selector.mode == "bilevel"

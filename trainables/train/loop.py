@@ -2,7 +2,18 @@
 
 Each step trains the subnet(s) drawn by `sampling.step_archs` from (seed, epoch, step), so all
 ranks agree without communicating; DDP (through `ray.train.torch.prepare_model`) averages the
-gradients. Every `checkpoint_every` epochs rank 0 reports a checkpoint (weights, optimizer,
+gradients. Two more ways to train share the loop:
+
+* ``sampling: mixed`` (cell spaces): every step runs the MIXED supernet (``forward(x, None)``:
+  every op on every edge, combined by the supernet's operation selector). The selector's
+  parameters (``Supernet.selector_parameters``) have their own Adam optimizer. Single-level:
+  weights and selector step on the same train batch. Bi-level (DARTS's first-order
+  alternation): a seeded carve-out of TRAIN (``selector.split``) feeds the selector, which steps
+  first on its batch, then the weights step on theirs. This mode loads the TRAIN split only:
+  val and test are never read while the selector learns.
+* a fixed arch (``WorkerSpec.arch``, the `retrain` stage): every step trains that one arch from
+  the supernet's fresh initialisation; only its own weights receive gradients, so this is
+  training the standalone network from scratch, and ``extract`` hands it back. Every `checkpoint_every` epochs rank 0 reports a checkpoint (weights, optimizer,
 schedule position, RNG state, metric history); a restarted worker group resumes from the latest
 one, whether the restart follows a worker failure or a new driver.
 """
@@ -22,10 +33,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from search_spaces import Supernet, arch_id, build_space
 from trainables.data import DataConfig, load_splits
+from trainables.data.splits import carve, generator
 from trainables.errors import DataError
 from trainables.supernets import base_of, build_supernet
 from trainables.train import checkpoint as ckpt
@@ -48,6 +60,7 @@ class WorkerSpec:
     adapter: dict[str, Any] | None = None  # family adapter spec (TAS-LoRA: MoLE); None: plain
     group_init_steps: int = 0  # Supernet.prepare_training(init_steps=); TAS-LoRA: router init
     freeze_base: bool = True  # Supernet.prepare_training(freeze_base=): train only the adapter
+    arch: str | None = None  # JSON of the one arch every step trains (retrain); None: sampled
 
     def build_space(self):
         return build_space(
@@ -70,9 +83,45 @@ class InjectedFailure(RuntimeError):
 
 
 def build_optimizer(model: Supernet, cfg: SupernetTrainConfig) -> torch.optim.Optimizer:
-    """AdamW over the supernet's own parameter groups (``Supernet.param_groups``: by default no
-    weight decay on biases, norms and the names its ``no_weight_decay()`` lists, as in timm)."""
-    return torch.optim.AdamW(model.param_groups(cfg.weight_decay), lr=cfg.peak_lr)
+    """AdamW (or SGD) over the supernet's own parameter groups (``Supernet.param_groups``: by
+    default no weight decay on biases, norms and the names its ``no_weight_decay()`` lists, as
+    in timm), without the selector's parameters, which :func:`build_selector_optimizer` owns."""
+    selector = {id(p) for p in model.selector_parameters()}
+    groups = [
+        {**group, "params": [p for p in group["params"] if id(p) not in selector]}
+        for group in model.param_groups(cfg.weight_decay)
+    ]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.peak_lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    return torch.optim.AdamW(groups, lr=cfg.peak_lr)
+
+
+def build_selector_optimizer(
+    model: Supernet, cfg: SupernetTrainConfig
+) -> torch.optim.Optimizer | None:
+    """Adam over the operation selector's parameters in `mixed` sampling (None otherwise)."""
+    if cfg.sampling != "mixed":
+        return None
+    params = [p for p in model.selector_parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(
+            f"supernet.sampling=mixed needs a supernet with an operation selector; "
+            f"{type(model).__name__} has none (allowed for it: uniform, sandwich)"
+        )
+    sel = cfg.selector
+    return torch.optim.Adam(
+        params, lr=sel.lr, betas=tuple(sel.betas), weight_decay=sel.weight_decay
+    )
+
+
+def selector_carve_out(n: int, cfg: SupernetTrainConfig, seed: int) -> tuple[list[int], list[int]]:
+    """Bi-level training: (weight indices, selector indices) of the TRAIN split, a seeded
+    partition; single-level and every other sampling keep the whole split for the weights."""
+    if not cfg.bilevel:
+        return list(range(n)), []
+    count = max(1, min(n - 1, round(cfg.selector.split * n)))
+    weights, selector = carve(n, count, generator(seed, "selector"))
+    return weights.tolist(), selector.tolist()
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -140,23 +189,49 @@ def train_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(spec.seed)  # identical initial weights on every rank
     space = spec.build_space()
     supernet = build_supernet(space, spec.adapter)
-    splits = load_splits(spec.data, ("train", "val"), purpose=spec.stage)
+    mixed = cfg.sampling == "mixed"
+    # the selector learns from TRAIN alone: a mixed run never materialises val (or test)
+    splits = load_splits(spec.data, ("train",) if mixed else ("train", "val"), purpose=spec.stage)
     check_data_fits_space(splits, space)
     if cfg.batch_size < world:
         raise ValueError(
             f"supernet.batch_size={cfg.batch_size} is smaller than the {world} workers"
         )
     per_worker = cfg.batch_size // world
+    fixed = space.from_json(spec.arch) if spec.arch is not None else None
 
+    weight_part, selector_part = selector_carve_out(len(splits.train), cfg, spec.data.split_seed)
+    weight_data = Subset(splits.train, weight_part) if selector_part else splits.train
     sampler = DistributedSampler(
-        splits.train, num_replicas=world, rank=rank, shuffle=True, seed=spec.seed, drop_last=True
+        weight_data, num_replicas=world, rank=rank, shuffle=True, seed=spec.seed, drop_last=True
     )
-    loader = DataLoader(splits.train, batch_size=per_worker, sampler=sampler, drop_last=True)
+    loader = DataLoader(weight_data, batch_size=per_worker, sampler=sampler, drop_last=True)
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
         raise ValueError(
-            f"the train split ({len(splits.train)} images) holds less than one batch of {cfg.batch_size}"
+            f"the train split ({len(weight_data)} images for the weights) holds less than one "
+            f"batch of {cfg.batch_size}"
         )
+    selector_batches = None
+    if selector_part:
+        selector_data = Subset(splits.train, selector_part)
+        selector_sampler = DistributedSampler(
+            selector_data,
+            num_replicas=world,
+            rank=rank,
+            shuffle=True,
+            seed=spec.seed + 1,
+            drop_last=True,
+        )
+        selector_loader = DataLoader(
+            selector_data, batch_size=per_worker, sampler=selector_sampler, drop_last=True
+        )
+        if len(selector_loader) == 0:
+            raise ValueError(
+                f"the selector's carve-out ({len(selector_data)} train images) holds less than "
+                f"one batch of {cfg.batch_size}"
+            )
+        selector_batches = _Cycle(selector_loader, selector_sampler)
     total_steps = cfg.epochs * steps_per_epoch
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
 
@@ -187,18 +262,28 @@ def train_worker(config: dict[str, Any]) -> None:
         supernet, parallel_strategy_kwargs={"find_unused_parameters": True}
     )
     optimizer = build_optimizer(supernet, cfg)  # after prepare_model: on the model's device
+    selector_optimizer = build_selector_optimizer(supernet, cfg)
     if restored is not None:
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
+        if selector_optimizer is not None:
+            selector_optimizer.load_state_dict(state["selector_optimizer"])
+        if selector_batches is not None:
+            selector_batches.epoch = int(state.get("selector_epoch", 0))
 
-    probes = eval_archs(space, spec.seed, cfg.eval_subnets)
-    val_indices = shard(splits.val, rank, world)
+    if mixed:
+        probes = {}  # no val read: the select stage judges the selector
+    elif fixed is not None:
+        probes = {"selected": fixed}
+    else:
+        probes = eval_archs(space, spec.seed, cfg.eval_subnets)
+    val_indices = shard(splits.val, rank, world) if probes else []
     arch_log = _arch_log(spec, rank)
 
     for epoch in range(start_epoch, cfg.epochs + 1):
         sampler.set_epoch(epoch)
         model.train()
-        loss_sum = seen = 0.0
+        loss_sum = seen = correct_sum = selector_loss_sum = 0.0
         started = time.perf_counter()
         for step, (x, y) in enumerate(loader):
             _maybe_fail(spec, epoch, step, rank)
@@ -212,13 +297,28 @@ def train_worker(config: dict[str, Any]) -> None:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            archs = step_archs(space, cfg.sampling, spec.seed, epoch, step, purpose=spec.stage)
+            if mixed:
+                archs = [None]
+            elif fixed is not None:
+                archs = [fixed]
+            else:
+                archs = step_archs(space, cfg.sampling, spec.seed, epoch, step, purpose=spec.stage)
             if arch_log is not None:
-                arch_log.write(
-                    json.dumps({"epoch": epoch, "step": step, "archs": [arch_id(a) for a in archs]})
-                    + "\n"
-                )
+                ids = ["mixed" if a is None else arch_id(a) for a in archs]
+                arch_log.write(json.dumps({"epoch": epoch, "step": step, "archs": ids}) + "\n")
+            if selector_batches is not None:  # bi-level: the selector steps first, on its batch
+                xs, ys = (t.to(device, non_blocking=True) for t in selector_batches.next())
+                model.zero_grad(set_to_none=True)
+                with (
+                    torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+                ):
+                    selector_loss = F.cross_entropy(model(xs, None).float(), ys)
+                scaler.scale(selector_loss).backward()
+                scaler.step(selector_optimizer)
+                selector_loss_sum += selector_loss.item() * len(ys)
             optimizer.zero_grad(set_to_none=True)
+            if selector_optimizer is not None:
+                selector_optimizer.zero_grad(set_to_none=True)
             for i, arch in enumerate(archs):
                 last = i == len(archs) - 1
                 sync = (
@@ -232,15 +332,19 @@ def train_worker(config: dict[str, Any]) -> None:
                         if dtype
                         else contextlib.nullcontext()
                     ):
-                        loss = F.cross_entropy(
-                            model(x, arch).float(), y, label_smoothing=cfg.label_smoothing
-                        )
+                        logits = model(x, arch).float()
+                        loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
                     scaler.scale(loss / len(archs)).backward()
                 loss_sum += loss.item() * len(y) / len(archs)
+                if last:
+                    correct_sum += (logits.argmax(1) == y).sum().item()
             if cfg.clip_grad is not None:
                 scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                weights = [p for g in optimizer.param_groups for p in g["params"]]
+                torch.nn.utils.clip_grad_norm_(weights, cfg.clip_grad)
             scaler.step(optimizer)
+            if selector_optimizer is not None and selector_batches is None:  # single-level
+                scaler.step(selector_optimizer)
             scaler.update()
             seen += len(y)
         train_seconds = time.perf_counter() - started
@@ -249,8 +353,13 @@ def train_worker(config: dict[str, Any]) -> None:
 
         model.eval()
         metrics: dict[str, Any] = {"epoch": epoch, "lr": lr}
-        loss_sum, seen = all_sum([loss_sum, seen], device)
+        loss_sum, seen, correct_sum, selector_loss_sum = all_sum(
+            [loss_sum, seen, correct_sum, selector_loss_sum], device
+        )
         metrics["train_loss"] = loss_sum / max(seen, 1)
+        metrics["train_top1"] = 100.0 * correct_sum / max(seen, 1)
+        if selector_batches is not None:
+            metrics["selector_loss"] = selector_loss_sum / max(seen, 1)
         metrics["images_per_s"] = seen / max(train_seconds, 1e-9)
         unwrapped = model.module if hasattr(model, "module") else model
         for name, arch in probes.items():
@@ -279,6 +388,12 @@ def train_worker(config: dict[str, Any]) -> None:
                         "optimizer": optimizer.state_dict(),
                         "scaler": scaler.state_dict(),
                         "torch_rng": torch.get_rng_state(),
+                        **(
+                            {"selector_optimizer": selector_optimizer.state_dict()}
+                            if selector_optimizer is not None
+                            else {}
+                        ),
+                        "selector_epoch": selector_batches.epoch if selector_batches else 0,
                     },
                     {
                         "epoch": epoch,
@@ -286,6 +401,7 @@ def train_worker(config: dict[str, Any]) -> None:
                         "space": spec.space,
                         "adapter": spec.adapter,
                         "probes": {n: arch_id(a) for n, a in probes.items()},
+                        "arch": spec.arch,
                         "world_size": world,
                     },
                 )
@@ -306,10 +422,37 @@ def _progress_line(metrics: dict[str, Any], epochs: int, stage: str = "supernet"
         for k, v in metrics.items()
         if k.startswith("val_top1_") and not k.endswith("mean")
     )
-    return (
+    line = (
         f"[{stage}] epoch {metrics['epoch']}/{epochs}  loss {metrics['train_loss']:.4f}  "
-        f"{metrics['images_per_s']:.0f} img/s  val top-1: {vals}"
+        f"{metrics['images_per_s']:.0f} img/s  "
     )
+    if vals:
+        return line + f"val top-1: {vals}"
+    line += f"train top-1 {metrics['train_top1']:.1f}"
+    if "selector_loss" in metrics:
+        line += f"  selector loss {metrics['selector_loss']:.4f}"
+    return line
+
+
+class _Cycle:
+    """Endless batches of a distributed loader, reshuffled each pass (the bi-level selector's
+    carve-out is smaller than or equal to the weights' split, so it wraps around)."""
+
+    def __init__(self, loader: DataLoader, sampler: DistributedSampler) -> None:
+        self.loader, self.sampler = loader, sampler
+        self.epoch = 0
+        self._it = None
+
+    def next(self):
+        while True:
+            if self._it is None:
+                self.sampler.set_epoch(self.epoch)
+                self._it = iter(self.loader)
+            try:
+                return next(self._it)
+            except StopIteration:
+                self._it = None
+                self.epoch += 1
 
 
 def _arch_log(spec: WorkerSpec, rank: int):
