@@ -190,7 +190,7 @@ def main() -> None:
 def _best_cell(table: Any) -> str:
     from search_spaces.cell.arch import NB201Arch, to_nb201_string
 
-    (ops, _), = table.best(1)
+    ((ops, _),) = table.best(1)
     return to_nb201_string(NB201Arch(ops=tuple(ops)))
 
 
