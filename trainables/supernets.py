@@ -6,20 +6,50 @@ sizes) that result files and checkpoint metadata record as ``"adapter"``, or Non
 goes through the family (``SearchSpace.wrap_supernet``), so nothing here knows a family.
 Training workers, evaluators, export and analysis all build their model here, so a checkpoint
 written by one loads in the others.
+
+A fixed arch (the `retrain` stage) is trained as the standalone network itself: the model the
+space's ``export_spec`` describes, freshly initialised, behind the Supernet interface
+(:class:`Standalone`), so the training loop, its checkpoints and DDP see only that network's
+parameters, not the whole supernet's.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from search_spaces import SearchSpace, Supernet
+import torch
+
+from search_spaces import Arch, SearchSpace, Supernet, build_from_spec
 from trainables.train import checkpoint as ckpt
 
 
-def build_supernet(space: SearchSpace, adapter: Mapping[str, Any] | None = None) -> Supernet:
-    """A freshly initialised supernet of `space`, wrapped with `adapter` when one is given."""
+class Standalone(Supernet):
+    """One fixed arch's standalone network behind the Supernet interface: ``forward(x, arch)``
+    runs the network (the arch is the one it was built for), ``extract`` copies it."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Any, arch: Arch = None) -> Any:
+        return self.model(x)
+
+    def extract(self, arch: Arch = None) -> torch.nn.Module:
+        return copy.deepcopy(self.model)
+
+
+def build_supernet(
+    space: SearchSpace, adapter: Mapping[str, Any] | None = None, arch: Arch | None = None
+) -> Supernet:
+    """A freshly initialised supernet of `space`, wrapped with `adapter` when one is given;
+    with `arch`, that arch's standalone network (:class:`Standalone`) instead."""
+    if arch is not None:
+        if adapter is not None:
+            raise ValueError("a standalone network (arch given) takes no adapter")
+        return Standalone(build_from_spec(space.export_spec(arch)))
     base = space.build_supernet()
     if adapter is None:
         return base
@@ -32,9 +62,12 @@ def base_of(supernet: Supernet) -> Supernet:
 
 
 def load_supernet(
-    space: SearchSpace, checkpoint: str | Path, adapter: Mapping[str, Any] | None = None
+    space: SearchSpace,
+    checkpoint: str | Path,
+    adapter: Mapping[str, Any] | None = None,
+    arch: Arch | None = None,
 ) -> Supernet:
     """`build_supernet` with the weights of `checkpoint` (a checkpoint folder)."""
-    supernet = build_supernet(space, adapter)
+    supernet = build_supernet(space, adapter, arch)
     ckpt.load_into(supernet, checkpoint)
     return supernet

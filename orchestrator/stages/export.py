@@ -72,7 +72,15 @@ def run(ctx: StageContext) -> dict[str, Any]:
     chosen = select(front, config.export.max_models)
 
     space = build_space(**(searched.get("space") or config.space_spec))
-    supernet = load_supernet(space, ctx.path(searched["checkpoint"]), searched.get("adapter"))
+    checkpoint = ctx.path(searched["checkpoint"])
+    if searched.get("standalone"):  # a retrained arch: the checkpoint holds its network
+
+        def extract(arch):
+            return load_supernet(space, checkpoint, arch=arch).extract(arch)
+
+    else:
+        supernet = load_supernet(space, checkpoint, searched.get("adapter"))
+        extract = supernet.extract
     device = default_device()
     dtype = autocast_dtype(config.supernet.precision, device)
     splits = load_splits(config.data, ("val", "test"), purpose="export")
@@ -96,7 +104,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             print(f"[export] {aid}  already exported", flush=True)
             continue
         arch = space.from_json(row["arch"])
-        model = supernet.extract(arch).to(device).eval()
+        model = extract(arch).to(device).eval()
         started = time.time()
         batch = config.search.eval_batch_size
         v_correct, _ = _correct_and_loss(model, val, batch, device, dtype)

@@ -7,10 +7,10 @@ cell). The network is built in the space of the run, with ``retrain.space_overri
 
 Same machinery as the supernet stage (``run_training``: Ray Train workers, the same batch split
 on every rank, checkpoints in `<run>/retrain/epoch_NNNN/`, resume, more `retrain.epochs`
-continue), with a fixed arch: every step trains that arch from the supernet's fresh
-initialisation and only its own weights receive gradients, so this is the standalone network
-trained from scratch; ``extract`` hands it back unchanged (the export stage does). The recipe
-defaults to NAS-Bench-201's (SGD, Nesterov, lr 0.1 cosine, weight decay 5e-4).
+continue), with a fixed arch: the arch's standalone network (``space.export_spec``, freshly
+initialised) is what the workers train, so no supernet weight, gradient or all-reduce is
+carried along; the export stage rebuilds it from the checkpoint. The recipe defaults to
+NAS-Bench-201's (SGD, Nesterov, lr 0.1 cosine, weight decay 5e-4).
 
 The result provides ``front`` (the one retrained arch, its row and the space it lives in) to
 the export stage, which measures its test top-1 once.
@@ -114,6 +114,6 @@ SPEC = StageSpec(
     ),
     extends=("retrain.epochs",),
     optional=("selection",),  # unless retrain.arch names the arch
-    provides={"front": ("front", "rows", "checkpoint", "checkpoint_sha256", "adapter", "space")},
+    provides={"front": ("front", "rows", "checkpoint", "checkpoint_sha256", "standalone", "space")},
     describe="train the selected arch from scratch on Ray Train",
 )

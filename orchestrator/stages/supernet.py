@@ -147,8 +147,8 @@ def preflight(config: RaynasConfig, plan: TrainingPlan):
     """Everything that can be checked on the driver, before any worker starts; returns the
     train and val splits (for the MLflow dataset record)."""
     space = build_space(**plan.space_spec(config))
-    if plan.arch is not None:
-        space.from_json(plan.arch)  # an arch of another space: fail before any worker starts
+    # an arch of another space fails here, before any worker starts
+    arch = space.from_json(plan.arch) if plan.arch is not None else None
     # mixed (selector) training reads TRAIN only; so does its pre-flight
     wanted = ("train",) if plan.train.sampling == "mixed" else ("train", "val")
     splits = load_splits(config.data, wanted, purpose=f"{plan.stage}-preflight")
@@ -166,7 +166,7 @@ def preflight(config: RaynasConfig, plan: TrainingPlan):
         )
     latest = registered_checkpoint(config.run_path, plan.stage)
     if latest is not None:
-        ckpt.load_into(build_supernet(space, plan.adapter), latest)
+        ckpt.load_into(build_supernet(space, plan.adapter, arch), latest)
         ckpt.load_train_state(latest)
         ckpt.load_meta(latest)
     elif plan.init_from is not None:
@@ -247,6 +247,7 @@ def run_training(ctx: StageContext, plan: TrainingPlan) -> dict[str, Any]:
         "checkpoint": ctx.rel(checkpoint),
         "checkpoint_sha256": file_sha256(checkpoint / ckpt.WEIGHTS),
         "adapter": plan.adapter,
+        "standalone": plan.arch is not None,  # the weights of one arch's network, not a supernet
         "history": meta["history"],
         "metrics": result.metrics,
         "mlflow_run_id": run_id,

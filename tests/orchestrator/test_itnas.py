@@ -116,6 +116,14 @@ def test_retrained_arch_is_exported_and_reloads(finished):
     retrained, exported = outcomes["retrain"], outcomes["export"]
     assert retrained["arch_id"] == outcomes["select"]["arch_id"]
     assert retrained["epochs"] == 1 and "val_top1_selected" in retrained["history"][-1]
+    # the workers trained the arch's own network: its checkpoint holds nothing else
+    space = build_space(**retrained["space"])
+    arch = space.from_json(json.dumps(retrained["arch"]))
+    weights = torch.load(
+        Path(config.run_path) / retrained["checkpoint"] / "supernet.pt", weights_only=True
+    )
+    network = space.build_supernet().extract(arch).state_dict()
+    assert retrained["standalone"] and sorted(weights) == sorted(f"model.{k}" for k in network)
     (model_info,) = exported["models"]
     assert model_info["arch_id"] == retrained["arch_id"]
     assert 0 < model_info["test_top1"] <= 100

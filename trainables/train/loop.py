@@ -11,9 +11,9 @@ gradients. Two more ways to train share the loop:
   alternation): a seeded carve-out of TRAIN (``selector.split``) feeds the selector, which steps
   first on its batch, then the weights step on theirs. This mode loads the TRAIN split only:
   val and test are never read while the selector learns.
-* a fixed arch (``WorkerSpec.arch``, the `retrain` stage): every step trains that one arch from
-  the supernet's fresh initialisation; only its own weights receive gradients, so this is
-  training the standalone network from scratch, and ``extract`` hands it back. Every `checkpoint_every` epochs rank 0 reports a checkpoint (weights, optimizer,
+* a fixed arch (``WorkerSpec.arch``, the `retrain` stage): the arch's standalone network
+  (``trainables.supernets.Standalone``, freshly initialised) is trained from scratch; its
+  checkpoints hold that network's weights only. Every `checkpoint_every` epochs rank 0 reports a checkpoint (weights, optimizer,
 schedule position, RNG state, metric history); a restarted worker group resumes from the latest
 one, whether the restart follows a worker failure or a new driver.
 """
@@ -188,7 +188,8 @@ def train_worker(config: dict[str, Any]) -> None:
 
     torch.manual_seed(spec.seed)  # identical initial weights on every rank
     space = spec.build_space()
-    supernet = build_supernet(space, spec.adapter)
+    fixed = space.from_json(spec.arch) if spec.arch is not None else None
+    supernet = build_supernet(space, spec.adapter, fixed)  # fixed arch: its standalone network
     mixed = cfg.sampling == "mixed"
     # the selector learns from TRAIN alone: a mixed run never materialises val (or test)
     splits = load_splits(spec.data, ("train",) if mixed else ("train", "val"), purpose=spec.stage)
@@ -198,7 +199,6 @@ def train_worker(config: dict[str, Any]) -> None:
             f"supernet.batch_size={cfg.batch_size} is smaller than the {world} workers"
         )
     per_worker = cfg.batch_size // world
-    fixed = space.from_json(spec.arch) if spec.arch is not None else None
 
     weight_part, selector_part = selector_carve_out(len(splits.train), cfg, spec.data.split_seed)
     weight_data = Subset(splits.train, weight_part) if selector_part else splits.train
