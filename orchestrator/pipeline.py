@@ -115,6 +115,13 @@ def run_stages(
     """Run (or continue) the config's stages, or just those in `only`; `inputs` replaces
     upstream outputs by name (``raynas search --supernet PATH``). Returns each result."""
     specs = check_stages(config)
+    absent = [name for name in only or () if name not in config.stage_names]
+    if absent:
+        raise UserInputError(
+            f"stage(s) {', '.join(absent)} are not among this run's stages "
+            f"({', '.join(config.stage_names)}); list them in `stages:` (e.g. "
+            f"-s 'stages=[{absent[0]}]')"
+        )
     with rundir.lock(config), sigterm_as_terminated():
         path = rundir.prepare(config)
         tracker = Tracker(

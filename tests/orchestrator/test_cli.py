@@ -35,7 +35,6 @@ def test_help_lists_the_commands():
 # shipped configs of methods whose search-space family is not registered in this version
 UNREGISTERED = {
     "flora-cifar10.yaml": ("flora", "lowrank"),
-    "itnas-cifar10.yaml": ("it-nas", "cell"),
 }
 
 
@@ -58,7 +57,7 @@ def test_validate_refuses_unregistered_family_in_one_line(path, tmp_path):
     assert result.stdout == ""
     assert result.stderr.strip().splitlines() == [
         f"error: {path}: space.family: {family!r} (method {method}) is not a registered "
-        "search-space family; registered: vit"
+        "search-space family; registered: cell, vit"
     ]
     assert list(tmp_path.iterdir()) == []  # no run dir (nor anything else) was created
 
@@ -135,3 +134,29 @@ def test_data_list_names_every_dataset():
     assert result.returncode == 0
     for name in ("fashion_mnist", "digits", "cifar10", "cifar100", "imagefolder", "parquet"):
         assert name in result.stdout
+
+
+def test_a_stage_outside_the_runs_stages_is_refused_in_one_line(tmp_path):
+    result = raynas(
+        "search", str(ROOT / "configs" / "quickstart-itnas.yaml"), "-s", f"run_dir={tmp_path / 'r'}"
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: stage(s) search are not among this run's stages (supernet, select, retrain, "
+        "export, report); list them in `stages:` (e.g. -s 'stages=[search]')"
+    ]
+    assert not (tmp_path / "r").exists()
+
+
+def test_retrain_arch_of_another_space_is_one_line(tmp_path):
+    result = raynas(
+        "run",
+        str(ROOT / "configs" / "quickstart-itnas.yaml"),
+        "-s", f"run_dir={tmp_path / 'r'}",
+        "-s", "stages=[retrain]",
+        "-s", "retrain.arch='|conv_9x9~0|+|none~0|none~1|+|none~0|none~1|none~2|'",
+    )  # fmt: skip
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: retrain.arch='|conv_9x9~0|") and "allowed" in line
+    assert not (tmp_path / "r" / "retrain" / "result.json").exists()

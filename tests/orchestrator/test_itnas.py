@@ -192,3 +192,23 @@ def test_search_against_the_nas_bench_201_table(finished, tmp_path, access_log):
         assert row["val_top1"] == pytest.approx(table.accuracy(space.from_json(row["arch"])))
         assert row["scored_by"].startswith("table:")
     assert access_log.read_text() == before  # a table search reads no data at all
+
+
+def test_single_level_training_moves_the_darts_alphas(finished, tmp_path):
+    data = itnas_run(
+        tmp_path / "single",
+        name="itnas-single",
+        stages=["supernet"],
+        space={"preset": "nb201-28", "overrides": {**TINY_CELL, "selector": "darts"}},
+        supernet={"selector": {"mode": "single", "lr": 0.01}},
+    )
+    config = parse(data, "test")
+    trained = run_stages(config)["supernet"]
+    assert "selector_loss" not in trained["history"][-1]  # no carve-out, no selector batches
+    weights = torch.load(
+        Path(config.run_path) / trained["checkpoint"] / "supernet.pt", weights_only=True
+    )
+    torch.manual_seed(config.seed)  # the workers' initial weights
+    fresh = build_space(**config.space_spec).build_supernet().state_dict()
+    moved = (weights["selector.cell"] - fresh["selector.cell"]).abs().max().item()
+    assert moved > 1e-3, "single-level training left the alphas where they started"
