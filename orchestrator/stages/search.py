@@ -213,6 +213,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
         trained = {"checkpoint": None, "checkpoint_sha256": None, "adapter": None}
         checkpoint, adapter, scored_by = None, None, f"table:{table.name}:{table.metric}"
     else:
+        if "supernet" not in ctx.inputs:
+            raise UserInputError(
+                f"stage search needs the supernet of the supernet stage, which has not completed "
+                f"in {run_dir}; run it first (`raynas run CONFIG`) or pass --supernet PATH (or "
+                "set search.evaluator=table where the space has a table)"
+            )
         trained = ctx.input("supernet")
         checkpoint = ctx.path(trained["checkpoint"])
         adapter = trained.get("adapter")
