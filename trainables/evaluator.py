@@ -72,6 +72,7 @@ class Evaluator:
         wanted = ("train", "val") if recalibrate else ("val",)
         splits = load_splits(spec.data, wanted, purpose=spec.purpose)
         check_data_fits_space(splits, self.space)
+        self.splits = splits  # what was read (val, and train when BatchNorm is recalibrated)
         self.val = splits.split("val")
         self.indices = list(range(len(self.val)))
         self.recalibration: list[torch.Tensor] = []

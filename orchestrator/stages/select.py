@@ -23,9 +23,7 @@ import torch
 from orchestrator.stage import StageContext, StageSpec
 from orchestrator.tracking import Tracker
 from search_spaces import build_space
-from trainables.data import load_splits
 from trainables.evaluator import EvalSpec, Evaluator, default_device
-from trainables.supernets import load_supernet
 
 STAGE = "select"
 HEATMAP = "importance.png"
@@ -111,18 +109,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     space = build_space(**config.space_spec)
     labels = space.selection_labels()  # refuses a family without a selector, in one line
     device = default_device()
-    supernet = load_supernet(space, checkpoint, trained.get("adapter")).to(device).eval()
-    splits = load_splits(config.data, ("val",), purpose=STAGE)
-    tracker: Tracker = ctx.tracker
-    tracker.log_dataset(ctx.run_id, splits, config.data, context="validation")
-    scores, images = mean_scores(
-        supernet, splits.split("val"), config.select.batch_size, config.select.max_images, device
-    )
-    arch = space.select(scores)
-    text = space.describe(arch)
-    cost = space.cost(arch)
-
-    # the chosen cell with inherited weights (BatchNorm re-estimated on train), for reference
+    # one supernet and one decode of val (and of the train slice that re-estimates BatchNorm)
+    # serve both the importances and the chosen cell's inherited score
     evaluator = Evaluator(
         EvalSpec(
             checkpoint=str(checkpoint),
@@ -135,6 +123,21 @@ def run(ctx: StageContext) -> dict[str, Any]:
         ),
         device=device,
     )
+    tracker: Tracker = ctx.tracker
+    tracker.log_dataset(ctx.run_id, evaluator.splits, config.data, context="validation")
+    # the importances come first: scoring the chosen cell re-estimates BatchNorm for it
+    scores, images = mean_scores(
+        evaluator.supernet,
+        evaluator.val,
+        config.select.batch_size,
+        config.select.max_images,
+        device,
+    )
+    arch = space.select(scores)
+    text = space.describe(arch)
+    cost = space.cost(arch)
+
+    # the chosen cell with inherited weights (BatchNorm re-estimated on train), for reference
     inherited = evaluator.score(arch)
 
     table_info = None

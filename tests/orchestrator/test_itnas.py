@@ -5,7 +5,6 @@ search against the NAS-Bench-201 table. One run is shared by the module's tests.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -21,7 +20,6 @@ from search_spaces import build_from_spec, build_space
 from search_spaces.cell.table import load_nb201_table
 from tests.helpers.servers import local_ray
 from trainables.data import load_splits
-from trainables.data.splits import ACCESS_LOG_ENV
 
 pytestmark = pytest.mark.slow
 
@@ -53,14 +51,6 @@ def itnas_run(run_dir: Path, name: str = "itnas", **sections) -> dict:
     for key, value in sections.items():
         data[key] = {**data[key], **value} if isinstance(data.get(key), dict) else value
     return data
-
-
-@pytest.fixture(scope="module")
-def access_log(tmp_path_factory):
-    path = tmp_path_factory.mktemp("access") / "splits.jsonl"
-    os.environ[ACCESS_LOG_ENV] = str(path)
-    yield path
-    os.environ.pop(ACCESS_LOG_ENV, None)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ store and optuna-dashboard serving the study. One run is shared by the module's 
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
 import sys
@@ -31,19 +30,8 @@ from search_spaces import build_from_spec, build_space
 from tests.helpers.configs import tiny_run
 from tests.helpers.servers import free_port, local_ray, wait_http
 from trainables.data import load_splits
-from trainables.data.splits import ACCESS_LOG_ENV
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def access_log(tmp_path_factory):
-    """Every split any process materialises is logged here (set before Ray starts, so the
-    Ray workers inherit it)."""
-    path = tmp_path_factory.mktemp("access") / "splits.jsonl"
-    os.environ[ACCESS_LOG_ENV] = str(path)
-    yield path
-    os.environ.pop(ACCESS_LOG_ENV, None)
 
 
 @pytest.fixture(scope="module")
