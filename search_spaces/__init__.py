@@ -19,6 +19,7 @@ from search_spaces.registry import (
 # Built-in families register themselves on import (after the registry exists).
 from search_spaces import vit  # noqa: E402,F401  isort: skip
 from search_spaces import cell  # noqa: E402,F401  isort: skip
+from search_spaces import lowrank  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "Arch",

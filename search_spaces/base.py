@@ -136,6 +136,12 @@ class Supernet(nn.Module, metaclass=abc.ABCMeta):
         ``self(x, arch)`` (eval mode). It shares no storage with the supernet."""
 
     # ---- hooks the engine calls (trainables/); each has a default that fits most families ---
+    def inherit(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Start from the weights of the model this supernet is derived from (a stage's
+        ``dense`` output: FLORA decomposes a dense ViT by SVD). Default: the state dict of
+        this supernet itself, loaded strictly."""
+        self.load_state_dict(dict(state), strict=True)
+
     def forward_features(self, x: Any, arch: Arch) -> Any:
         """Pre-logits features ``(B, width)`` of ``arch`` on ``x``: what the classifier head
         reads (the feature-collapse analysis compares them across subnets). Families that
@@ -355,6 +361,37 @@ class SearchSpace(abc.ABC):
         :meth:`Supernet.selection_scores`, averaged over a val pass; tensors or nested lists)
         select, by the family's rule. Default: the family has no selector."""
         raise ValueError(f"search-space family {self.family!r} has no operation selector")
+
+    # ---- a dense model to start from, and per-unit candidate filtering (FLORA) ----------------
+    def dense_overrides(self, model: Mapping[str, Any]) -> dict[str, Any]:
+        """Overrides of this space's config that make it describe the dense model ``model``
+        (an export's ``{"builder", "kwargs"}``, or ``{"timm": kwargs}``), for families that
+        start from a trained dense model. Default: the family does not."""
+        raise ValueError(f"search-space family {self.family!r} does not start from a dense model")
+
+    def dense_spec(self) -> dict[str, Any]:
+        """``export_spec`` of the dense model this space is derived from (the teacher and the
+        reference of a compression search). Default: the family has none."""
+        raise ValueError(f"search-space family {self.family!r} has no dense model")
+
+    def filter_units(self) -> int:
+        """Number of independent units (FLORA: blocks) whose choices a filter stage judges one
+        at a time in a local supernet; 0 (the default): the family cannot be filtered."""
+        return 0
+
+    def local_overrides(self, unit: int) -> dict[str, Any]:
+        """Overrides of the local space in which only ``unit`` varies."""
+        raise ValueError(f"search-space family {self.family!r} has no filter units")
+
+    def local_archs(self, unit: int) -> dict[str, Arch]:
+        """Every arch varying ``unit`` only, by the unit's choice as text; the largest arch
+        is one of them."""
+        raise ValueError(f"search-space family {self.family!r} has no filter units")
+
+    def restrict_overrides(self, kept: Mapping[int, Any]) -> dict[str, Any]:
+        """Overrides restricting each unit to its ``kept`` choices (text form, as in
+        :meth:`local_archs`)."""
+        raise ValueError(f"search-space family {self.family!r} has no filter units")
 
     def tabular_benchmark(self) -> Any | None:
         """A table of known accuracies for the archs of this space (NAS-Bench-201), or None.

@@ -43,7 +43,16 @@ METHOD_DEFAULT_STAGES: dict[str, tuple[str, ...]] = {
 #: Per method, defaults of config sections that differ from the generic ones (a config's own
 #: values always win). IT-NAS trains its cell supernet as DARTS does: the mixed supernet, SGD
 #: with momentum (lr 0.025 -> 0.001 cosine, weight decay 3e-4), batch 64, no label smoothing.
+#: FLORA fine-tunes from the dense model: distillation from it (soft targets, T = 1, no hard
+#: labels), no label smoothing, a short warmup.
 METHOD_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "flora": {
+        "supernet": {
+            "distill": {"weight": 1.0, "temperature": 1.0},
+            "label_smoothing": 0.0,
+            "warmup_epochs": 0.5,
+        },
+    },
     "it-nas": {
         "supernet": {
             "sampling": "mixed",
@@ -58,6 +67,17 @@ METHOD_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
         },
     },
 }
+
+
+def _merged(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """``given`` over ``defaults``, nested sections merged key by key."""
+    out = dict(defaults)
+    for key, value in given.items():
+        if isinstance(value, dict) and isinstance(defaults.get(key), dict):
+            out[key] = _merged(defaults[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 class Strict(BaseModel):
@@ -137,32 +157,63 @@ class MoleConfig(Strict):
 
 
 class PretrainConfig(Strict):
-    """FLORA: the dense model the low-rank supernet is decomposed from."""
+    """FLORA: where the dense model the low-rank supernet is decomposed from comes from.
 
-    checkpoint: str | None = Field(
-        None, description="timm-compatible state dict file; null trains one"
+    At most one of ``checkpoint`` (a timm-compatible state dict: ``.safetensors``, or a torch
+    file loaded with ``weights_only=True``, described by ``timm_kwargs``), ``export`` (a raynas
+    export folder: ``model.json`` + ``model.safetensors``, e.g. what an AutoFormer search
+    exported) or ``model`` (a timm name, downloaded from the hub where it is reachable). None
+    of them: the stage trains the dense model on the run's data (Ray Train, the supernet
+    stage's recipe for ``epochs``)."""
+
+    checkpoint: str | None = Field(None, description="timm-compatible state dict file")
+    timm_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the checkpoint's timm VisionTransformer kwargs (embed_dim, depth, ...)",
     )
+    export: str | None = Field(None, description="a raynas export folder of a dense ViT")
     model: str | None = Field(None, description="timm model name (hub download when reachable)")
-    epochs: int = Field(5, ge=1)
-    resources: Resources = Field(default_factory=Resources)
+    epochs: int = Field(5, ge=1, description="training the dense model (no source given)")
+    lr: float | None = Field(None, gt=0, description="null: the supernet stage's peak lr")
+    resources: Resources = Field(default_factory=lambda: Resources(workers=2))
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PretrainConfig:
+        given = [k for k in ("checkpoint", "export", "model") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(
+                f"pretrain: {' and '.join(given)} are both set; allowed: at most one of "
+                "checkpoint, export, model (none: train the dense model)"
+            )
+        if self.timm_kwargs and self.checkpoint is None and self.model is None:
+            raise ValueError("pretrain.timm_kwargs describes a checkpoint or model; set one")
+        return self
+
+    @property
+    def source(self) -> str:
+        for key in ("checkpoint", "export", "model"):
+            if getattr(self, key) is not None:
+                return key
+        return "train"
 
 
 class FilterConfig(Strict):
-    """FLORA candidate filtering with one local supernet per block."""
+    """FLORA's low-rank-aware candidate filtering: one local supernet per block.
 
-    rank_ratios: list[float] = Field(
-        default_factory=lambda: [0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0]
-    )
+    Each local supernet (only its block low-rank, every other block dense) starts from the
+    SVD of the dense model and trains ``steps`` steps with distillation from it (the supernet
+    stage's batch size, distillation and optimizer; uniform sampling of the block's tuples).
+    Then every tuple of the block is scored on ``max_images`` VAL images; the non-dominated
+    tuples (val top-1 vs MACs) are kept, topped up to ``keep_fraction`` of the block's tuples
+    by the smallest accuracy gap to the front, and the full-rank tuple is always kept."""
+
     keep_fraction: float = Field(0.3, gt=0, le=1)
-    steps_per_block: int = Field(200, ge=1)
-    resources: Resources = Field(default_factory=Resources)
-
-    @field_validator("rank_ratios")
-    @classmethod
-    def _ratios(cls, value: list[float]) -> list[float]:
-        if not value or any(not 0 < r <= 1 for r in value):
-            raise ValueError(f"rank_ratios must be non-empty and each in (0, 1], got {value}")
-        return sorted(set(value))
+    steps: int = Field(200, ge=1, description="training steps of each local supernet")
+    lr: float | None = Field(None, gt=0, description="null: the supernet stage's peak lr")
+    max_images: int | None = Field(
+        2000, ge=1, description="val images each tuple is scored on (null: all of val)"
+    )
+    resources: Resources = Field(default_factory=lambda: Resources(workers=2))
 
 
 class Range(Strict):
@@ -368,7 +419,7 @@ class RunConfig(Strict):
             if given is None:
                 data[section] = dict(defaults)
             elif isinstance(given, dict):
-                data[section] = {**defaults, **given}
+                data[section] = _merged(defaults, given)
         return data
 
     @field_validator("name")

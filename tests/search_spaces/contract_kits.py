@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from search_spaces.cell import DartsArch, NB201Arch
+from search_spaces.lowrank import LowRankArch
 from search_spaces.vit import ViTArch, ViTSpace
 from tests.search_spaces.search_space_contract import ContractKit, SupernetBudget
 
@@ -101,7 +102,29 @@ def cell_budget(preset: str) -> SupernetBudget:
     return SupernetBudget(batch=2, random_archs=2)
 
 
+def lowrank_bad_archs(space: Any) -> list[tuple[Any, str]]:
+    """One invalid low-rank arch per kind of mistake."""
+    good = space.largest().ranks
+    not_a_ratio = 0.99 if 0.99 not in space.config.rank_ratios else 0.011
+    return [
+        (LowRankArch(good[:-1]), "ranks"),
+        (LowRankArch(((not_a_ratio,) + good[0][1:],) + good[1:]), "ranks[0]"),
+        (LowRankArch(good[:1] + (good[1][:-1],) + good[2:]), "ranks[1]"),
+        (LowRankArch(good[:2] + ((True,) + good[2][1:],) + good[3:]), "ranks[2]"),
+        (LowRankArch(good[:1] + ("1.0/1.0/1.0",) + good[2:]), "ranks[1]"),
+    ]
+
+
+def lowrank_budget(preset: str) -> SupernetBudget:
+    """DeiT-shaped presets run their supernet tests on 32x32 inputs (2x2 patches + class
+    token): every width and rank choice is as in the preset, only the token count shrinks."""
+    if preset.startswith("deit-"):
+        return SupernetBudget(batch=1, random_archs=1, overrides={"img_size": 32})
+    return SupernetBudget(batch=4, random_archs=3)
+
+
 KITS: dict[str, ContractKit] = {
+    "lowrank": ContractKit(bad_archs=lowrank_bad_archs, budget=lowrank_budget),
     "vit": ContractKit(bad_archs=vit_bad_archs, budget=vit_budget),
     "cell": ContractKit(bad_archs=cell_bad_archs, budget=cell_budget),
 }

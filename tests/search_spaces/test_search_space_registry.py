@@ -28,7 +28,7 @@ def test_builtin_family_is_registered_on_import() -> None:
 
 
 def test_unknown_family_lists_the_registered_ones() -> None:
-    with pytest.raises(ValueError, match=r"'nope'.*registered: \['cell', 'vit'"):
+    with pytest.raises(ValueError, match=r"'nope'.*registered: \['cell', 'lowrank', 'vit'"):
         build_space("nope")
     with pytest.raises(ValueError, match="nope"):
         list_presets("nope")
@@ -83,7 +83,7 @@ def test_registration_errors() -> None:
         register_family("other", build=build, presets=PRESETS, default_preset="x")
     with pytest.raises(ValueError, match="one frozen dataclass type"):
         register_family("other", build=build, presets={"a": {"x": 1}}, default_preset="a")
-    assert list_families() == ["cell", "vit"]
+    assert list_families() == ["cell", "lowrank", "vit"]
 
 
 def test_importing_search_spaces_pulls_in_no_orchestration_libraries() -> None:

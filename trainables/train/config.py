@@ -41,6 +41,18 @@ class SelectorTrainConfig(BaseModel):
     weight_decay: float = Field(1e-3, ge=0)
 
 
+class DistillConfig(BaseModel):
+    """Distillation from a dense teacher (FLORA: the uncompressed model). The loss is
+    ``(1 - weight) x CE(labels) + weight x T^2 x KL(teacher_T || student_T)``; ``weight`` 0
+    switches it off, 1 with ``temperature`` 1 is FLORA's soft-target cross-entropy (up to a
+    constant)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    weight: float = Field(0.0, ge=0, le=1, description="0: off; 1: soft targets only")
+    temperature: float = Field(1.0, gt=0)
+
+
 class SupernetTrainConfig(BaseModel):
     """One-shot supernet training (AutoFormer's recipe, sandwich sampling optional)."""
 
@@ -65,6 +77,10 @@ class SupernetTrainConfig(BaseModel):
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
     nesterov: bool = Field(False, description="sgd only")
     selector: SelectorTrainConfig = Field(default_factory=SelectorTrainConfig)
+    distill: DistillConfig = Field(
+        default_factory=DistillConfig,
+        description="distillation from the dense model a `dense` stage output provides",
+    )
     eval_subnets: int = Field(
         3, ge=0, description="fixed random subnets evaluated on val every epoch"
     )
