@@ -280,9 +280,36 @@ def _print_pareto(cfg) -> None:
     summary = read_result(cfg.run_path, "export")
     if summary is not None:
         title = "Retrained model" if "retrain" in cfg.stage_names else "Pareto subnets"
-        table = Table(*TABLE_HEADER, box=None, title=title, title_justify="left")
-        for row in pareto_table(summary["models"]):
-            table.add_row(*row)
+        reference = summary.get("reference")
+        header = ["arch id", "params (M)", "MFLOPs", "val %", "test %"]
+        if reference:  # a compression search: each model against the dense one it started from
+            header += ["MACs cut", "vs dense"]
+        table = Table(box=None, title=title, title_justify="left")
+        for name in header:
+            table.add_column(name, no_wrap=True)
+        wide = out.width >= 140  # the arch text is in report.md; a narrow terminal drops it
+        if wide:
+            table.add_column(TABLE_HEADER[-1], no_wrap=True, overflow="ellipsis", max_width=48)
+        models = sorted(summary["models"], key=lambda m: m["flops"])
+        for model, row in zip(models, pareto_table(summary["models"]), strict=True):
+            extra = []
+            if reference:
+                extra = [
+                    f"{100 * (1 - model['flops'] / reference['flops']):.1f}%",
+                    f"{model['test_top1'] - reference['test_top1']:+.2f}",
+                ]
+            table.add_row(*row[:-1], *extra, *row[-1:][:wide])
+        if reference:
+            table.add_row(
+                "dense",
+                f"{reference['params'] / 1e6:.3f}",
+                f"{reference['flops'] / 1e6:.2f}",
+                f"{reference['val_top1']:.2f}",
+                f"{reference['test_top1']:.2f}",
+                "0.0%",
+                "+0.00",
+                *["the dense model (pretrain)"][:wide],
+            )
         out.print(table)
     out.print(f"run directory: {Path(cfg.run_path).resolve()}", highlight=False)
     for command in next_commands(cfg):

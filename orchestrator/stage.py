@@ -99,6 +99,16 @@ class StageContext:
                 f"stage {self.spec.name} needs {name!r}, which no stage before it provided"
             ) from None
 
+    @property
+    def space_spec(self) -> dict[str, Any]:
+        """``build_space`` arguments of the run's space: the ``space`` output of an earlier
+        stage where one provided it (FLORA's pretrain takes the dense model's shape, its filter
+        restricts the blocks), else the config's ``space`` section."""
+        given = self.inputs.get("space")
+        if given is not None and given.get("space"):
+            return dict(given["space"])
+        return self.config.space_spec
+
     def path(self, relative: str | Path) -> Path:
         """A path a result file recorded, in this run directory."""
         path = Path(relative)

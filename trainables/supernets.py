@@ -71,3 +71,36 @@ def load_supernet(
     supernet = build_supernet(space, adapter, arch)
     ckpt.load_into(supernet, checkpoint)
     return supernet
+
+
+# ------------------------------------------------------------------------------ dense models
+DENSE_WEIGHTS = "model.safetensors"
+DENSE_SPEC = "model.json"
+
+
+def dense_state(folder: str | Path) -> dict[str, torch.Tensor]:
+    """The weights of a model folder (``model.safetensors`` beside ``model.json``: an export,
+    or the ``pretrain`` stage's dense model)."""
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(folder) / DENSE_WEIGHTS))
+
+
+def load_model(folder: str | Path) -> torch.nn.Module:
+    """The standalone model of a model folder, rebuilt by its ``model.json`` and loaded
+    strictly (eval mode)."""
+    import json
+
+    spec = json.loads((Path(folder) / DENSE_SPEC).read_text())
+    model = build_from_spec(spec)
+    model.load_state_dict(dense_state(folder), strict=True)
+    return model.eval()
+
+
+def load_teacher(folder: str | Path, device: torch.device) -> torch.nn.Module:
+    """The frozen dense model of ``folder`` on ``device``: a distillation teacher."""
+    teacher = load_model(folder).to(device)
+    for param in teacher.parameters():
+        param.requires_grad_(False)
+    return teacher
+

@@ -11,9 +11,19 @@ from orchestrator.stage import StageSpec
 
 def registered() -> dict[str, StageSpec]:
     """Stage name -> its declaration."""
-    from orchestrator.stages import export, mole, report, retrain, search, select, supernet
+    from orchestrator.stages import (
+        export,
+        filter,
+        mole,
+        pretrain,
+        report,
+        retrain,
+        search,
+        select,
+        supernet,
+    )
 
-    order = (supernet, mole, select, search, retrain, export, report)
+    order = (pretrain, filter, supernet, mole, select, search, retrain, export, report)
     return {m.SPEC.name: m.SPEC for m in order}
 
 

@@ -120,6 +120,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             "test_loss": t_loss / len(test),
             "trial": int(row["trial"]),
             "path": ctx.rel(folder),
+            "text": space.describe(arch),
         }
         if row.get("latency_ms") is not None:
             entry["latency_ms"] = float(row["latency_ms"])
@@ -154,8 +155,24 @@ def run(ctx: StageContext) -> dict[str, Any]:
             f"val {entry['val_top1']:.2f}%  test {entry['test_top1']:.2f}%  ({time.time() - started:.1f} s)",
             flush=True,
         )
+    reference = None
+    if "dense" in ctx.inputs:  # the model a compression search started from, measured alike
+        reference = _reference(ctx, space, val, test, device, dtype)
+        for m in models:
+            m["flops_cut"] = 1.0 - m["flops"] / reference["flops"]
+        print(
+            f"[export] dense model  {reference['params'] / 1e6:.2f}M params  "
+            f"{reference['flops'] / 1e6:.2f} MFLOPs  test {reference['test_top1']:.2f}%; "
+            + ", ".join(
+                f"{m['arch_id']} {100 * m['flops_cut']:.0f}% fewer MACs, test "
+                f"{m['test_top1'] - reference['test_top1']:+.2f}"
+                for m in models
+            ),
+            flush=True,
+        )
     best_val = max(models, key=lambda m: m["val_top1"])
     summary = {
+        "reference": reference,
         "models": models,
         "front_size": len(front),
         "test_images": len(test),
@@ -169,11 +186,31 @@ def run(ctx: StageContext) -> dict[str, Any]:
     return summary
 
 
+def _reference(ctx: StageContext, space, val, test, device, dtype) -> dict[str, Any]:
+    """Val and test top-1 and cost of the dense model (the ``dense`` input)."""
+    from trainables.supernets import load_model
+
+    dense = ctx.input("dense")
+    model = load_model(ctx.path(dense["dense"])).to(device)
+    batch = ctx.config.search.eval_batch_size
+    v_correct, _ = _correct_and_loss(model, val, batch, device, dtype)
+    t_correct, _ = _correct_and_loss(model, test, batch, device, dtype)
+    cost = space.cost(space.largest())
+    return {
+        "path": dense["dense"],
+        "params": cost["params"],
+        "flops": cost["flops"],
+        "val_top1": 100.0 * v_correct / len(val),
+        "test_top1": 100.0 * t_correct / len(test),
+    }
+
+
 SPEC = StageSpec(
     name=STAGE,
     run=run,
     reads=("seed", "data", "space", "export", "supernet.precision"),
     needs=("front",),
+    optional=("dense",),  # FLORA: the dense model, measured beside the compressed ones
     provides={"exported": ("models", "best_val")},
     describe="test top-1 of the Pareto subnets (the only reader of the test split), exports",
 )

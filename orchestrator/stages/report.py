@@ -21,7 +21,7 @@ def pareto_table(models: list[dict[str, Any]]) -> list[list[str]]:
     rows = []
     for m in sorted(models, key=lambda m: m["flops"]):
         arch = m["arch"]
-        shape = (
+        shape = m.get("text") or (
             f"embed {arch.get('embed_dim')}, depth {arch.get('depth')}" if "depth" in arch else ""
         )
         rows.append(
@@ -101,6 +101,22 @@ def exported_lines(searched: dict[str, Any], exported: dict[str, Any]) -> list[s
         "|" + "---|" * len(TABLE_HEADER),
     ]
     lines += ["| " + " | ".join(row) + " |" for row in pareto_table(exported["models"])]
+    reference = exported.get("reference")
+    if reference:
+        lines += [
+            "",
+            f"The dense model (`{reference['path']}`): {reference['params'] / 1e6:.3f}M params, "
+            f"{reference['flops'] / 1e6:.2f} MFLOPs, val top-1 {reference['val_top1']:.2f}%, "
+            f"test top-1 {reference['test_top1']:.2f}%. Against it:",
+            "",
+            "| arch id | MACs cut | test top-1 change (points) |",
+            "|---|---|---|",
+        ]
+        for m in sorted(exported["models"], key=lambda m: m["flops"]):
+            lines.append(
+                f"| {m['arch_id']} | {100 * (1 - m['flops'] / reference['flops']):.1f}% | "
+                f"{m['test_top1'] - reference['test_top1']:+.2f} |"
+            )
     if not retrained:
         lines += ["", "![accuracy vs MFLOPs](pareto.png)"]
     return lines + [""]
@@ -122,6 +138,25 @@ def search_lines(searched: dict[str, Any]) -> list[str]:
         f"- study `{searched['study']}` in `{searched['storage']}`; every candidate in `archive.parquet`",
         "",
     ]
+
+
+def filter_lines(filtered: dict[str, Any]) -> list[str]:
+    """Per block, how many rank tuples the filter stage kept."""
+    lines = [
+        "## Candidate filtering",
+        "",
+        f"One local supernet per block; kept {filtered['kept']} of {filtered['candidates']} "
+        f"rank tuples (rule: {filtered['rule']}); every tuple in `filter/candidates.parquet`.",
+        "",
+        "| block | kept | non-dominated | full-rank val top-1 % | smallest kept MFLOPs (model, other blocks dense) |",
+        "|---|---|---|---|---|",
+    ]
+    for block in filtered["blocks"]:
+        lines.append(
+            f"| {block['unit']} | {block['kept']} of {block['candidates']} | {block['front']} | "
+            f"{block['full_val_top1']:.2f} | {block['smallest_kept_flops'] / 1e6:.2f} |"
+        )
+    return lines + ["", "![filtered tuples](filter/candidates.png)", ""]
 
 
 def training_lines(stage: str, trained: dict[str, Any]) -> list[str]:
@@ -159,6 +194,9 @@ def render(config: RaynasConfig, upstream: dict[str, dict[str, Any]], inputs) ->
         lines += selection_lines(selection)
     if searched is not None and exported is not None:
         lines += exported_lines(searched, exported)
+    filtered = upstream.get("filter")
+    if filtered is not None:
+        lines += filter_lines(filtered)
     search = upstream.get("search")
     if search is not None:
         lines += search_lines(search)

@@ -202,7 +202,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     config, run_dir = ctx.config, ctx.run_dir
     search = config.search
-    space = build_space(**config.space_spec)
+    space_spec = ctx.space_spec
+    space = build_space(**space_spec)
     if search.evaluator == "table":
         table = space.tabular_benchmark()
         if table is None:
@@ -279,7 +280,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
             f"{redact(storage_url(config))}",
             flush=True,
         )
-        failed = _tune(config, space, checkpoint, adapter, searcher, remaining, ctx.folder)
+        failed = _tune(
+            config, space_spec, checkpoint, adapter, searcher, remaining, ctx.folder
+        )
     ok = len(archive) >= search.budget or searcher.exhausted
     outcome = _finish(config, archive, searcher, trained, ctx, time.time() - started, failed, name)
     if not ok:
@@ -305,8 +308,9 @@ SPEC = StageSpec(
     reads=("seed", "data", "space", "search", "supernet.precision"),
     ignores=("search.resources", "search.max_trial_failures", "search.eval_batch_size"),
     extends=("search.budget",),
-    optional=("supernet",),  # needed by the supernet evaluator; the table evaluator reads none
-    provides={"front": ("front", "checkpoint", "checkpoint_sha256", "adapter")},
+    # the supernet evaluator needs a supernet, the table evaluator none; `space`: FLORA's filter
+    optional=("supernet", "space"),
+    provides={"front": ("front", "checkpoint", "checkpoint_sha256", "adapter", "space")},
     writes=(ARCHIVE_FILE, "pareto.parquet", PLOT_FILE),
     describe="score subnets with inherited weights in parallel (Ray Tune + Optuna)",
 )
@@ -318,7 +322,7 @@ class TrialsFailed(RuntimeError):
 
 def _tune(
     config: RaynasConfig,
-    space: Any,
+    space_spec: dict[str, Any],
     checkpoint: Path | None,
     adapter: dict[str, Any] | None,
     searcher: ArchSearch,
@@ -336,7 +340,7 @@ def _tune(
         checkpoint=str(checkpoint) if checkpoint is not None else None,
         evaluator=search.evaluator,
         data=config.data,
-        space=config.space_spec,
+        space=space_spec,
         batch_size=search.eval_batch_size,
         precision=config.supernet.precision,
         latency_batch_size=search.latency_batch_size if measure else None,
@@ -411,6 +415,7 @@ def _finish(
         "checkpoint": trained["checkpoint"],
         "checkpoint_sha256": trained.get("checkpoint_sha256"),
         "adapter": trained.get("adapter"),
+        "space": ctx.space_spec,
         "front": [r["arch_id"] for r in front],
         "front_size": len(front),
         "hypervolume": hypervolume_2d(rows),

@@ -30,7 +30,7 @@ from orchestrator.stage import StageContext, StageSpec
 from orchestrator.tracking import Tracker, flatten
 from search_spaces import build_space
 from trainables.data import load_splits
-from trainables.supernets import base_of, build_supernet
+from trainables.supernets import base_of, build_supernet, dense_state
 from trainables.train import checkpoint as ckpt
 from trainables.train.config import SupernetTrainConfig
 from trainables.train.loop import WorkerSpec, check_data_fits_space, train_worker
@@ -96,14 +96,20 @@ class TrainingPlan:
     params: dict[str, Any] = field(default_factory=dict)  # logged to the stage's MLflow run
     space: dict[str, Any] | None = None  # build_space arguments; None: the config's space
     arch: str | None = None  # JSON of the one arch every step trains (retrain); None: sampled
+    dense: str | None = None  # model folder: inherited by a fresh supernet, the distill teacher
 
     def space_spec(self, config: RaynasConfig) -> dict[str, Any]:
         return self.space if self.space is not None else config.space_spec
 
 
-def supernet_plan(config: RaynasConfig) -> TrainingPlan:
+def supernet_plan(config: RaynasConfig, ctx: StageContext | None = None) -> TrainingPlan:
+    """The supernet stage's plan; with ``ctx``, in the space an earlier stage provided and
+    starting from (and distilled from) the dense model one provided."""
     dumped = config.model_dump(mode="json")
+    dense = ctx.inputs.get("dense") if ctx is not None else None
     return TrainingPlan(
+        space=ctx.space_spec if ctx is not None else None,
+        dense=str(ctx.path(dense["dense"])) if dense else None,
         stage=STAGE,
         train=config.supernet,
         resources=config.supernet.resources,
@@ -171,6 +177,17 @@ def preflight(config: RaynasConfig, plan: TrainingPlan):
         ckpt.load_meta(latest)
     elif plan.init_from is not None:
         ckpt.load_into(base_of(build_supernet(space, plan.adapter)), plan.init_from)
+    elif plan.dense is not None:
+        try:
+            base_of(build_supernet(space, plan.adapter)).inherit(dense_state(plan.dense))
+        except (OSError, ValueError) as exc:
+            raise UserInputError(f"{plan.stage}: the dense model {plan.dense}: {exc}") from None
+    if plan.train.distill.weight > 0 and plan.dense is None:
+        raise UserInputError(
+            f"{plan.stage}: distill.weight={plan.train.distill.weight} needs a dense teacher, "
+            "which no stage of this run provides (FLORA's pretrain stage does); allowed: "
+            "supernet.distill.weight 0 without one"
+        )
     return splits
 
 
@@ -212,6 +229,7 @@ def run_training(ctx: StageContext, plan: TrainingPlan) -> dict[str, Any]:
         group_init_steps=plan.group_init_steps,
         freeze_base=plan.freeze_base,
         arch=plan.arch,
+        dense=plan.dense,
     )
     trainer = TorchTrainer(
         train_worker,
@@ -249,13 +267,14 @@ def run_training(ctx: StageContext, plan: TrainingPlan) -> dict[str, Any]:
         "adapter": plan.adapter,
         "standalone": plan.arch is not None,  # the weights of one arch's network, not a supernet
         "history": meta["history"],
+        "space": plan.space_spec(config),
         "metrics": result.metrics,
         "mlflow_run_id": run_id,
     }
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    return run_training(ctx, supernet_plan(ctx.config))
+    return run_training(ctx, supernet_plan(ctx.config, ctx))
 
 
 #: Training outputs a later stage scores with: the checkpoint and how to build its model.
@@ -277,6 +296,7 @@ SPEC = StageSpec(
     reads=("seed", "data", "space", "supernet"),
     ignores=RECIPE_IGNORES,
     extends=("supernet.epochs",),
+    optional=("space", "dense"),  # FLORA: the filtered space, the dense model to start from
     provides={"supernet": TRAINED_MODEL},
     describe="train the weight-sharing supernet on Ray Train",
 )

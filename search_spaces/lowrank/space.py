@@ -173,13 +173,13 @@ class LowRankSpace(SearchSpace):
     def describe(self, arch: LowRankArch) -> str:
         self.validate(arch)
         layers = "/".join(self.config.layers)
-        return f"{layers}: " + " | ".join(choice_text(t) for t in arch.ranks)
+        return f"{layers}: " + ", ".join(choice_text(t) for t in arch.ranks)
 
     def parse(self, text: str) -> LowRankArch:
         if text.lstrip().startswith("{"):
             return self.from_json(text)
         _, _, body = text.rpartition(":")
-        parts = [p.strip() for p in body.split("|")]
+        parts = [p.strip() for p in body.split(",")]
         return self.decode({f"block_{b}": p for b, p in enumerate(parts)})
 
     # ---- modules ------------------------------------------------------------------------------

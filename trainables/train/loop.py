@@ -39,9 +39,10 @@ from search_spaces import Supernet, arch_id, build_space
 from trainables.data import DataConfig, load_splits
 from trainables.data.splits import carve, generator
 from trainables.errors import DataError
-from trainables.supernets import base_of, build_supernet
+from trainables.supernets import base_of, build_supernet, dense_state, load_teacher
 from trainables.train import checkpoint as ckpt
 from trainables.train.config import SupernetTrainConfig
+from trainables.train.distill import training_loss
 from trainables.train.sampling import eval_archs, step_archs
 from trainables.train.schedule import warmup_cosine
 
@@ -61,6 +62,9 @@ class WorkerSpec:
     group_init_steps: int = 0  # Supernet.prepare_training(init_steps=); TAS-LoRA: router init
     freeze_base: bool = True  # Supernet.prepare_training(freeze_base=): train only the adapter
     arch: str | None = None  # JSON of the one arch every step trains (retrain); None: sampled
+    # model folder of the dense model (FLORA's pretrain output): a fresh supernet inherits its
+    # weights (Supernet.inherit) and, with distill.weight > 0, it is the frozen teacher
+    dense: str | None = None
 
     def build_space(self):
         return build_space(
@@ -247,6 +251,16 @@ def train_worker(config: dict[str, Any]) -> None:
         torch.set_rng_state(state["torch_rng"])
     elif spec.init_from is not None:
         ckpt.load_into(base_of(supernet), spec.init_from)
+    elif spec.dense is not None:
+        base_of(supernet).inherit(dense_state(spec.dense))
+    teacher = None
+    if cfg.distill.weight > 0:
+        if spec.dense is None:
+            raise ValueError(
+                f"{spec.stage}.distill.weight={cfg.distill.weight} needs a dense teacher, which "
+                "no stage of this run provides; allowed: 0 without one"
+            )
+        teacher = load_teacher(spec.dense, device)
     # the supernet's own initialisation (only on a fresh start from `init_from`) and freezing;
     # same seed on every rank: identical weights without communication
     fresh = restored is None and spec.init_from is not None
@@ -297,6 +311,13 @@ def train_worker(config: dict[str, Any]) -> None:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            teacher_logits = None
+            if teacher is not None:  # one teacher pass per batch, shared by its archs
+                with (
+                    torch.no_grad(),
+                    torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext(),
+                ):
+                    teacher_logits = teacher(x).float()
             if mixed:
                 archs = [None]
             elif fixed is not None:
@@ -333,7 +354,7 @@ def train_worker(config: dict[str, Any]) -> None:
                         else contextlib.nullcontext()
                     ):
                         logits = model(x, arch).float()
-                        loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                        loss = training_loss(logits, y, teacher_logits, cfg)
                     scaler.scale(loss / len(archs)).backward()
                 loss_sum += loss.item() * len(y) / len(archs)
                 if last:
