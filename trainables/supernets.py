@@ -103,4 +103,3 @@ def load_teacher(folder: str | Path, device: torch.device) -> torch.nn.Module:
     for param in teacher.parameters():
         param.requires_grad_(False)
     return teacher
-

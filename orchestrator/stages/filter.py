@@ -65,7 +65,11 @@ def keep(rows: list[dict[str, Any]], keep_fraction: float, full: str) -> list[di
             if r is not row
         )
         out.append(
-            {**row, "front": not dominated, "gap": max(r["val_top1"] for r in cheaper_or_equal) - row["val_top1"]}
+            {
+                **row,
+                "front": not dominated,
+                "gap": max(r["val_top1"] for r in cheaper_or_equal) - row["val_top1"],
+            }
         )
     target = math.ceil(keep_fraction * len(out))
     kept = {r["choice"] for r in out if r["front"]} | {full}

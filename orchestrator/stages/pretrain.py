@@ -244,7 +244,9 @@ def _write_dense(ctx: StageContext, model, space, result: dict[str, Any]) -> Pat
     tmp.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / DENSE_WEIGHTS)
     write_json_atomic(tmp / DENSE_SPEC, space.dense_spec())
-    write_json_atomic(tmp / "source.json", {k: result[k] for k in ("source", "from") if k in result})
+    write_json_atomic(
+        tmp / "source.json", {k: result[k] for k in ("source", "from") if k in result}
+    )
     shutil.rmtree(folder, ignore_errors=True)
     tmp.replace(folder)
     return folder

@@ -280,9 +280,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             f"{redact(storage_url(config))}",
             flush=True,
         )
-        failed = _tune(
-            config, space_spec, checkpoint, adapter, searcher, remaining, ctx.folder
-        )
+        failed = _tune(config, space_spec, checkpoint, adapter, searcher, remaining, ctx.folder)
     ok = len(archive) >= search.budget or searcher.exhausted
     outcome = _finish(config, archive, searcher, trained, ctx, time.time() - started, failed, name)
     if not ok:

@@ -23,7 +23,9 @@ class LowRankArch:
                 self,
                 "ranks",
                 tuple(
-                    tuple(_as_float(r) for r in block) if isinstance(block, (list, tuple)) else block
+                    tuple(_as_float(r) for r in block)
+                    if isinstance(block, (list, tuple))
+                    else block
                     for block in self.ranks
                 ),
             )

@@ -79,7 +79,9 @@ class LowRankSpace(SearchSpace):
     def sampling_weights(self, block: int) -> dict[Choice, float]:
         """Block ``block``'s tuples and their sampling probabilities."""
         total = sum(self._weights[block])
-        return {t: w / total for t, w in zip(self._choices[block], self._weights[block])}
+        return {
+            t: w / total for t, w in zip(self._choices[block], self._weights[block], strict=True)
+        }
 
     def sample(self, rng: random.Random) -> LowRankArch:
         """Each block drawn independently by ``config.sampling``: FLORA's low-rank-aware rule
