@@ -218,3 +218,36 @@ def test_unreadable_files_are_one_line(tmp_path):
     listy.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="the top level must be a mapping"):
         load_config(listy)
+
+
+def flora(**sections) -> dict:
+    return with_(**{"method": "flora", "space": {"preset": "vit-28"}, **sections})
+
+
+def test_flora_defaults_merge_nested_sections():
+    """A config that sets only the temperature keeps FLORA's distillation weight."""
+    config = parse(flora(supernet={"distill": {"temperature": 2.0}}), "cfg.yaml")
+    assert config.supernet.distill.weight == 1.0 and config.supernet.distill.temperature == 2.0
+    assert config.stage_names == ("pretrain", "filter", "supernet", "search", "export", "report")
+    assert config.pretrain.source == "train"
+    plain = parse(with_(), "cfg.yaml")  # other methods do not distill
+    assert plain.supernet.distill.weight == 0.0
+
+
+def test_pretrain_takes_at_most_one_source():
+    found = problems(flora(pretrain={"checkpoint": "a.safetensors", "export": "runs/x/export/y"}))
+    assert len(found) == 1 and "checkpoint and export are both set" in found[0]
+    found = problems(flora(pretrain={"timm_kwargs": {"embed_dim": 192}}))
+    assert len(found) == 1 and "timm_kwargs describes a checkpoint or model" in found[0]
+    assert parse(flora(pretrain={"export": "runs/x"}), "c").pretrain.source == "export"
+
+
+def test_filter_and_distill_values_are_checked():
+    assert any("filter.keep_fraction" in p for p in problems(flora(filter={"keep_fraction": 0})))
+    found = problems(flora(supernet={"distill": {"weight": 1.5}}))
+    assert any("supernet.distill.weight" in p for p in found)
+
+
+def test_lowrank_space_overrides_are_checked():
+    found = problems(flora(space={"preset": "vit-28", "overrides": {"rank_ratios": [0.5]}}))
+    assert len(found) == 1 and "contain 1.0" in found[0]
