@@ -250,14 +250,16 @@ class LowRankSpace(SearchSpace):
 
     def local_overrides(self, unit: int) -> dict[str, Any]:
         """Overrides of the local space in which only block ``unit`` is low-rank (every
-        tuple of the rank product) and every other block is dense."""
+        tuple of the rank product, sampled uniformly as in FLORA's local supernets) and every
+        other block is dense."""
         c = self.config
         full = c.full_choice
         everything = LowRankSpaceConfig.block_choices(_unrestricted(c), unit)
         return {
             "allowed": [
                 [list(t) for t in (everything if b == unit else (full,))] for b in range(c.depth)
-            ]
+            ],
+            "sampling": "uniform",
         }
 
     def local_archs(self, unit: int) -> dict[str, LowRankArch]:

@@ -287,6 +287,7 @@ def test_restrict_and_local_overrides_round_trip() -> None:
     for b in (0, 2, 3):
         assert local.config.block_choices(b) == (FULL,)
     assert set(local.config.block_choices(1)) == product
+    assert local.config.sampling == "uniform"  # FLORA's local supernets sample uniformly
     archs = local.local_archs(1)
     assert set(archs) == {choice_text(t) for t in product}
     assert {a.ranks[1] for a in archs.values()} == product
