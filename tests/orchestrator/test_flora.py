@@ -204,6 +204,15 @@ def test_mlflow_runs_and_report(finished):
     assert "MACs cut" in text
 
 
+def test_rerun_skips_every_finished_stage(finished, capsys):
+    config, outcomes = finished
+    again = run_pipeline(config)
+    out = capsys.readouterr().out
+    for stage in ("pretrain", "filter", "supernet", "search", "export"):
+        assert f"[{stage}] up to date; skipping" in out
+    assert again["export"]["models"] == outcomes["export"]["models"]
+
+
 def test_filter_resumes_per_block(finished, capsys):
     config, outcomes = finished
     folder = Path(config.run_path) / "filter"
