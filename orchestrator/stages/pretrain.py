@@ -32,7 +32,7 @@ from orchestrator.config.schema import RunConfig as RaynasConfig
 from orchestrator.errors import UserInputError
 from orchestrator.files import write_json_atomic
 from orchestrator.stage import StageContext, StageSpec
-from orchestrator.stages.supernet import RECIPE_IGNORES, TrainingPlan, file_sha256, run_training
+from orchestrator.stages.supernet import TrainingPlan, file_sha256, run_training
 from search_spaces import build_from_spec, build_space
 from trainables.data import load_splits
 from trainables.evaluator import default_device
@@ -256,7 +256,7 @@ SPEC = StageSpec(
     name=STAGE,
     run=run,
     reads=("seed", "data", "space", "pretrain", *RECIPE),
-    ignores=("pretrain.resources", *RECIPE_IGNORES),
+    ignores=("pretrain.resources",),
     extends=("pretrain.epochs",),
     provides={"dense": ("dense", "dense_sha256"), "space": ("space",)},
     describe="the dense model: a checkpoint, an export, the hub, or trained here (Ray Train)",
