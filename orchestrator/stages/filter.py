@@ -27,6 +27,7 @@ from orchestrator.errors import UserInputError
 from orchestrator.files import write_json_atomic
 from orchestrator.runtime import check_fits, ensure_ray
 from orchestrator.stage import StageContext, StageSpec, read_json
+from orchestrator.stages.supernet import OPTIMISER_RECIPE
 from search_spaces import build_space
 
 STAGE = "filter"
@@ -34,22 +35,7 @@ CANDIDATES = "candidates.parquet"
 PLOT = "candidates.png"
 RULE = "non-dominated, then smallest val gap to the front, up to keep_fraction; full rank always"
 #: supernet recipe keys a local supernet's training reads
-RECIPE = tuple(
-    f"supernet.{k}"
-    for k in (
-        "batch_size",
-        "lr",
-        "min_lr",
-        "weight_decay",
-        "label_smoothing",
-        "clip_grad",
-        "optimizer",
-        "momentum",
-        "nesterov",
-        "precision",
-        "distill",
-    )
-)
+RECIPE = (*OPTIMISER_RECIPE, "supernet.distill")
 
 
 def keep(rows: list[dict[str, Any]], keep_fraction: float, full: str) -> list[dict[str, Any]]:

@@ -32,7 +32,12 @@ from orchestrator.config.schema import RunConfig as RaynasConfig
 from orchestrator.errors import UserInputError
 from orchestrator.files import write_json_atomic
 from orchestrator.stage import StageContext, StageSpec
-from orchestrator.stages.supernet import TrainingPlan, file_sha256, run_training
+from orchestrator.stages.supernet import (
+    OPTIMISER_RECIPE,
+    TrainingPlan,
+    file_sha256,
+    run_training,
+)
 from search_spaces import build_from_spec, build_space
 from trainables.data import load_splits
 from trainables.evaluator import default_device
@@ -45,22 +50,7 @@ STAGE = "pretrain"
 DENSE = "dense"
 HUB = ("huggingface.co", 443)
 #: supernet recipe keys the dense training reads (its length and lr are pretrain's own)
-RECIPE = tuple(
-    f"supernet.{k}"
-    for k in (
-        "batch_size",
-        "lr",
-        "min_lr",
-        "warmup_epochs",
-        "weight_decay",
-        "label_smoothing",
-        "clip_grad",
-        "optimizer",
-        "momentum",
-        "nesterov",
-        "precision",
-    )
-)
+RECIPE = (*OPTIMISER_RECIPE, "supernet.warmup_epochs")
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

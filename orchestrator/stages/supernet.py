@@ -290,6 +290,24 @@ RECIPE_IGNORES = (
     "supernet.record_archs",
 )
 
+#: `supernet` recipe keys of how the weights are optimised, read by stages that train with the
+#: supernet's recipe but their own length (FLORA's pretrain and filter)
+OPTIMISER_RECIPE = tuple(
+    f"supernet.{k}"
+    for k in (
+        "batch_size",
+        "lr",
+        "min_lr",
+        "weight_decay",
+        "label_smoothing",
+        "clip_grad",
+        "optimizer",
+        "momentum",
+        "nesterov",
+        "precision",
+    )
+)
+
 SPEC = StageSpec(
     name=STAGE,
     run=run,
