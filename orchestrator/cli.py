@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator import __version__
+from orchestrator.cluster_cli import cluster_app
 from orchestrator.errors import ConfigError, UserInputError
 
 app = typer.Typer(
@@ -28,6 +29,7 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="List, inspect and convert datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+app.add_typer(cluster_app, name="cluster")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -88,11 +90,17 @@ def validate(
         bool, typer.Option("--print", help="Print the resolved config as YAML.")
     ] = False,
 ) -> None:
-    """Check a run config without running anything (exit 0 when valid)."""
+    """Check a run config (or a cluster spec) without running anything (exit 0 when valid)."""
     import yaml
 
-    from orchestrator.config import load_config
+    from orchestrator.config import load_config, read_yaml
 
+    data = read_yaml(config)
+    if "groups" in data and "method" not in data:  # a cluster spec (configs/cluster-*.yaml)
+        from orchestrator.cluster_cli import summarize_spec
+
+        out.print(f"[green]ok[/green] {config}: {summarize_spec(config, set_)}", highlight=False)
+        return
     cfg = load_config(config, set_)
     space = f"{cfg.family}/{cfg.space.preset or 'default'}"
     out.print(
@@ -482,10 +490,12 @@ def main() -> None:
             err.print(f"error: {redact(line)}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(1)
     except BaseException as exc:
-        from orchestrator.runtime import sigterm_received
-
+        # typer ends every command with SystemExit: only a run that imported the runtime (which
+        # installs the SIGTERM handler) can have received one, so --help never imports torch
+        runtime = sys.modules.get("orchestrator.runtime")
+        received = runtime is not None and runtime.sigterm_received()
         # inside Ray's C code the interrupt can surface wrapped (e.g. as a SystemError)
-        if not (isinstance(exc, Terminated) or sigterm_received()):
+        if not (isinstance(exc, Terminated) or received):
             raise
         err.print(
             "stopped by SIGTERM; continue with `raynas run --resume RUN_DIR`", highlight=False
