@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from orchestrator import console
-from orchestrator.config.schema import RayConfig, Resources
+from orchestrator.config.schema import RayConfig, Resources, RunConfig
 from orchestrator.errors import UserInputError
 
 
@@ -51,46 +51,50 @@ def ensure_ray(config: RayConfig) -> bool:
     return _started_local
 
 
-def worker_resources(resources: Resources) -> dict[str, float]:
-    """Ray resources of one worker: CPUs, (fractional) GPUs, custom resources. (Ray Train takes
-    the accelerator type separately, in its ScalingConfig.)"""
-    need: dict[str, float] = {"CPU": resources.cpus_per_worker, **resources.custom}
-    if resources.gpus_per_worker:
-        need["GPU"] = resources.gpus_per_worker
-    return need
-
-
-def trial_resources(resources: Resources) -> dict[str, float]:
-    """Ray resources of one Tune trial: `worker_resources` plus the accelerator type."""
-    need = worker_resources(resources)
-    if resources.accelerator_type:
-        need[f"accelerator_type:{resources.accelerator_type}"] = 0.001
-    return need
-
-
 def local_cluster_env(config: RayConfig) -> dict[str, str]:
     """Environment for a local Ray that raynas starts (inherited by its raylet and workers)."""
     return {"RAY_worker_niceness": str(config.worker_niceness)}
 
 
-def check_fits(resources: Resources, stage: str, local: bool) -> None:
-    """On a local cluster (no autoscaler), fail now instead of waiting forever for resources."""
-    if not local:
-        return
+def place(config: RunConfig, stage: str, resources: Resources, *, training: bool = False):
+    """Where `stage`'s workers run (`cluster.placement.Placement`), from its resources and the
+    run's cluster spec; a placement that cannot be expressed is one ResourceError line."""
+    from cluster.placement import Need, PlacementError, resolve
+
+    need = Need(
+        cpus=resources.cpus_per_worker,
+        gpus=resources.gpus_per_worker,
+        custom=dict(resources.custom),
+        accelerator_type=resources.accelerator_type,
+    )
+    try:
+        return resolve(stage, need, resources.placement, config.cluster, training=training)
+    except PlacementError as exc:
+        raise ResourceError(str(exc)) from None
+
+
+def check_placement(config: RunConfig, placement, workers: int, local: bool) -> None:
+    """Pre-flight: fail now, in one line, when nothing can hold `workers` of `placement`,
+    instead of waiting forever. Checked against the cluster spec's groups at their maximum size
+    (an autoscaling cluster), else against the live nodes (a fixed cluster, a local Ray). A
+    remote cluster without a spec is not checked: its autoscaler may add what is missing."""
     import ray
 
-    available = ray.cluster_resources()
-    need = {
-        "CPU": resources.workers * resources.cpus_per_worker,
-        "GPU": resources.workers * resources.gpus_per_worker,
-    }
-    need.update({k: resources.workers * v for k, v in resources.custom.items()})
-    for name, amount in need.items():
-        if amount > available.get(name, 0.0) + 1e-9:
-            raise ResourceError(
-                f"{stage}.resources: {resources.workers} workers need {amount:g} {name} but this machine's Ray has "
-                f"{available.get(name, 0.0):g}; lower {stage}.resources.workers / cpus_per_worker or connect to a cluster"
-            )
+    from cluster.placement import PlacementError, live_nodes, preflight, spec_nodes
+
+    spec = config.cluster
+    if spec is not None and spec.autoscaling and not local:
+        nodes, source = spec_nodes(spec), f"cluster {spec.name} at its maximum size"
+    elif local:
+        nodes, source = live_nodes(ray.nodes()), "this machine's Ray"
+    elif spec is not None:
+        nodes, source = live_nodes(ray.nodes()), f"the live nodes of cluster {spec.name}"
+    else:
+        return
+    try:
+        preflight(placement, workers, nodes, source=source)
+    except PlacementError as exc:
+        raise ResourceError(str(exc)) from None
 
 
 _sigterm_wanted = False

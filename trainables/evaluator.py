@@ -47,6 +47,9 @@ class EvalSpec:
     precision: str = "auto"
     latency_batch_size: int | None = None  # None: no latency measurement
     latency_repeats: int = 10
+    # latency targets (trainables.latency): fitted models by target, the objective's target
+    latency_predictors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    latency_objective: str | None = None
     adapter: dict[str, Any] | None = None  # the family adapter spec (TAS-LoRA: MoLE experts)
     recalibration_batches: int = 4  # BatchNorm supernets only: train batches per arch
     evaluator: str = "supernet"  # "supernet": inherited weights on val; "table": the space's table
@@ -189,14 +192,36 @@ def cached_evaluator(spec: EvalSpec) -> Evaluator | TableEvaluator:
     return _CACHE[key]
 
 
-def evaluate_candidate(config: dict[str, Any], spec: EvalSpec) -> None:
-    """Ray Tune function trainable: score the encoded arch in `config` and report once."""
+def evaluate_candidate(
+    config: dict[str, Any], spec: EvalSpec, probes: dict[str, Any] | None = None
+) -> None:
+    """Ray Tune function trainable: score the encoded arch in `config` and report once, with
+    the latency on each target from its probe actor or fitted model, and where it ran."""
+    import ray
     from ray import tune
+
+    from trainables.latency import latency_metrics
 
     _use_assigned_cpus()
     evaluator = cached_evaluator(spec)
-    arch = evaluator.space.decode(config)
-    tune.report(evaluator.measure(arch))
+    space = evaluator.space
+    arch = space.decode(config)
+    metrics = evaluator.measure(arch)
+    if probes or spec.latency_predictors:
+        metrics.update(
+            latency_metrics(
+                arch,
+                space.to_json(arch),
+                space,
+                probes or {},
+                spec.latency_predictors,
+                spec.latency_objective,
+            )
+        )
+    runtime = ray.get_runtime_context()
+    metrics["node_id"] = runtime.get_node_id()
+    metrics["node_group"] = (runtime.get_node_labels() or {}).get("raynas.io/group")
+    tune.report(metrics)
 
 
 def _use_assigned_cpus() -> None:

@@ -63,7 +63,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], source: str) -> 
     return data
 
 
-def parse(data: dict[str, Any], source: str) -> RunConfig:
+def parse(data: dict[str, Any], source: str, base: Path | None = None) -> RunConfig:
+    """The validated config in `data`; a `cluster` given as a path is read (relative to
+    `base`, the config file's folder, else the working directory) and inlined, so the resolved
+    config a run directory keeps is whole."""
+    data = inline_cluster(data, source, base)
     try:
         config = RunConfig.model_validate(data)
     except ValidationError as exc:
@@ -77,7 +81,25 @@ def parse(data: dict[str, Any], source: str) -> RunConfig:
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """The validated config in `path`, with `overrides` applied; ConfigError lists every problem."""
     data = apply_overrides(read_yaml(path), overrides or [], str(path))
-    return parse(data, str(path))
+    return parse(data, str(path), Path(path).parent)
+
+
+def inline_cluster(data: dict[str, Any], source: str, base: Path | None) -> dict[str, Any]:
+    ref = data.get("cluster")
+    if not isinstance(ref, str):
+        return data
+    path = Path(ref).expanduser()
+    if not path.is_absolute() and base is not None:
+        path = base / path
+    if not path.exists():
+        raise ConfigError(
+            source,
+            [
+                f"cluster: {ref!r}: no such cluster spec (looked at {path}; a relative path is "
+                "relative to the config file)"
+            ],
+        )
+    return {**data, "cluster": read_yaml(path)}
 
 
 def check_registries(config: RunConfig) -> list[str]:
@@ -95,6 +117,37 @@ def check_registries(config: RunConfig) -> list[str]:
     problems.extend(space_problems)
     if not space_problems:
         problems.extend(check_stages(config))
+    problems.extend(check_placements(config))
+    return problems
+
+
+def check_placements(config: RunConfig) -> list[str]:
+    """Each stage's placement and the latency targets against the cluster spec (when there is
+    one): unknown groups, GPU asks on CPU groups, fractional training GPUs."""
+    from cluster.placement import Need, PlacementError, resolve
+
+    problems = []
+    training = ("pretrain", "supernet", "mole", "retrain")
+    for stage in config.stage_names:
+        resources = getattr(getattr(config, stage, None), "resources", None)
+        if resources is None:
+            continue
+        need = Need(resources.cpus_per_worker, resources.gpus_per_worker)
+        try:
+            resolve(stage, need, resources.placement, config.cluster, training=stage in training)
+        except PlacementError as exc:
+            problems.append(str(exc))
+    spec = config.cluster
+    for target in config.search.latency_targets:
+        if spec is None:
+            continue
+        try:
+            spec.group(target)
+        except KeyError:
+            problems.append(
+                f"search.latency_targets: {target!r} is not a group of cluster {spec.name}; "
+                f"groups: {', '.join(g.name for g in spec.groups)}"
+            )
     return problems
 
 
@@ -130,3 +183,15 @@ def check_stages(config: RunConfig) -> list[str]:
         f"stages: {', '.join(missing)} (method {config.method}) not registered; "
         f"registered: {', '.join(known)}"
     ]
+
+
+def load_cluster_spec(path: str | Path):
+    """The validated cluster spec in `path` (`cluster.spec.ClusterSpec`); ConfigError lists
+    every problem, each naming the field."""
+    from cluster.spec import ClusterSpec, parse_spec
+
+    data = read_yaml(path)
+    try:
+        return parse_spec(data)
+    except ValidationError as exc:
+        raise ConfigError(str(path), format_errors(exc, ClusterSpec)) from None

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from cluster.spec import ClusterSpec
 from trainables.data.config import DataConfig
 from trainables.train.config import SupernetTrainConfig
 
@@ -100,6 +101,20 @@ class Resources(Strict):
     custom: dict[str, float] = Field(
         default_factory=dict, description="custom Ray resources per worker"
     )
+    placement: str | list[str] | None = Field(
+        None,
+        description="node groups of the cluster spec the workers may run on: a group name, a "
+        "list of them, any-gpu or any (null: any)",
+    )
+
+    @model_validator(mode="after")
+    def _one_way(self) -> Resources:
+        if self.placement is not None and self.accelerator_type is not None:
+            raise ValueError(
+                f"accelerator_type={self.accelerator_type!r} and placement={self.placement!r}: "
+                "choose one (a cluster spec's group names its accelerator)"
+            )
+        return self
 
     @field_validator("custom")
     @classmethod
@@ -271,6 +286,26 @@ class SearchConfig(Strict):
         False, description="time every candidate (always on when latency is an objective)"
     )
     latency_batch_size: int = Field(1, ge=1)
+    latency_targets: list[str] = Field(
+        default_factory=list,
+        description="node groups whose latency is measured, each by a probe actor holding a "
+        "whole device there (empty: the trial times the candidate where it runs)",
+    )
+    latency_objective: str | None = Field(
+        None, description="the target whose latency is the `latency` objective; null: the first"
+    )
+    latency: Literal["measured", "predicted"] = Field(
+        "measured",
+        description="measured: every candidate timed on each target; predicted: a per-layer "
+        "latency model per target, fitted on measured subnets before the search",
+    )
+    latency_calibration: int = Field(
+        100, ge=10, description="predicted: subnets measured to fit each target's model"
+    )
+    latency_holdout: int = Field(
+        50, ge=5, description="predicted: further subnets measured to report its error"
+    )
+    latency_repeats: int = Field(10, ge=1, description="timed forward passes (median)")
     max_trial_failures: int = Field(
         1, ge=0, description="retries of a crashed evaluation trial (Ray Tune FailureConfig)"
     )
@@ -284,6 +319,20 @@ class SearchConfig(Strict):
                 f"evolution.mutations + evolution.crossovers = {evo.mutations + evo.crossovers} "
                 f"exceeds evolution.population={evo.population}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _latency(self) -> SearchConfig:
+        targets = self.latency_targets
+        if len(set(targets)) != len(targets):
+            raise ValueError(f"latency_targets: repeated groups in {targets}")
+        if self.latency_objective is not None and self.latency_objective not in targets:
+            raise ValueError(
+                f"latency_objective={self.latency_objective!r} is not one of "
+                f"latency_targets={targets}"
+            )
+        if self.latency == "predicted" and not targets:
+            raise ValueError("latency=predicted needs latency_targets (the groups to model)")
         return self
 
     @field_validator("objectives")
@@ -403,6 +452,11 @@ class RunConfig(Strict):
     export: ExportConfig = Field(default_factory=ExportConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    cluster: ClusterSpec | None = Field(
+        None,
+        description="the cluster spec (a path, relative to this config file, or inline) whose "
+        "groups the stages' resources.placement name; null: no groups",
+    )
 
     @model_validator(mode="before")
     @classmethod

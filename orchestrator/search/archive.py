@@ -20,6 +20,7 @@ from orchestrator.files import atomic_path
 ARCHIVE_FILE = "archive.parquet"
 ARCH_PREFIX = "arch."
 METRICS = ("val_top1", "val_loss", "params", "flops", "latency_ms")
+LATENCY_PREFIXES = ("latency_ms.", "latency_node.")
 
 
 class ArchiveError(UserInputError):
@@ -111,8 +112,13 @@ def make_row(
     if row["start_time"] is not None and row["end_time"] is not None:
         row["eval_seconds"] = row["end_time"] - row["start_time"]
     row["device"] = metrics.get("device")
-    row["node"] = metrics.get("node_ip")
+    row["node"] = metrics.get("node_id")
+    row["node_group"] = metrics.get("node_group")
     row["pid"] = metrics.get("pid")
+    # per latency target: its latency and the node that measured it ("predicted": its model)
+    for key in sorted(metrics):
+        if key.startswith(LATENCY_PREFIXES):
+            row[key] = metrics[key]
     return row
 
 

@@ -25,7 +25,7 @@ from typing import Any
 from orchestrator.config.schema import RunConfig as RaynasConfig
 from orchestrator.errors import UserInputError
 from orchestrator.files import write_json_atomic
-from orchestrator.runtime import check_fits, ensure_ray
+from orchestrator.runtime import check_placement, ensure_ray, place
 from orchestrator.stage import StageContext, StageSpec, read_json
 from orchestrator.stages.supernet import OPTIMISER_RECIPE
 from search_spaces import build_space
@@ -111,16 +111,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
     todo = [u for u in range(units) if u not in results]
     res = config.filter.resources
     if todo:
+        placement = place(config, STAGE, res)
         local = ensure_ray(config.ray)
-        check_fits(res, STAGE, local)
-        options: dict[str, Any] = {"num_cpus": res.cpus_per_worker, "max_retries": 2}
-        if res.gpus_per_worker:
-            options["num_gpus"] = res.gpus_per_worker
-        if res.custom:
-            options["resources"] = dict(res.custom)
-        if res.accelerator_type:
-            options["accelerator_type"] = res.accelerator_type
-        task = ray.remote(filter_unit).options(**options)
+        check_placement(config, placement, 1, local)
+        task = ray.remote(filter_unit).options(**placement.options(), max_retries=2)
         print(
             f"[filter] {len(todo)} of {units} local supernets to train "
             f"({config.filter.steps} steps each, {res.workers} at a time)",

@@ -21,8 +21,9 @@ from typing import Any
 
 from orchestrator.config.schema import RunConfig as RaynasConfig
 from orchestrator.errors import UserInputError
-from orchestrator.runtime import check_fits, ensure_ray, trial_resources
+from orchestrator.runtime import check_placement, ensure_ray, place
 from orchestrator.search.archive import ARCHIVE_FILE, Archive
+from orchestrator.search.latency import LatencyPlan, start_latency
 from orchestrator.search.pareto import (
     PLOT_FILE,
     hypervolume_2d,
@@ -273,6 +274,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     remaining = search.budget - len(archive)
     started = time.time()
     failed = 0
+    latency = LatencyPlan()
     if remaining > 0:
         print(
             f"[search] {search.strategy}: {remaining} of {search.budget} candidates to evaluate "
@@ -280,9 +282,33 @@ def run(ctx: StageContext) -> dict[str, Any]:
             f"{redact(storage_url(config))}",
             flush=True,
         )
-        failed = _tune(config, space_spec, checkpoint, adapter, searcher, remaining, ctx.folder)
+        placement = place(config, STAGE, search.resources)
+        local = ensure_ray(config.ray)
+        check_placement(config, placement, 1, local)
+        latency = start_latency(config, space, space_spec, ctx.folder, local, ctx.fingerprint)
+        for target, info in latency.targets.items():
+            if "error" in info:
+                tracker.log_metrics(
+                    ctx.run_id,
+                    {
+                        f"latency_mape.{target}": info["error"]["mape"],
+                        f"latency_tau.{target}": info["error"]["kendall_tau"],
+                    },
+                )
+        failed = _tune(
+            config,
+            space_spec,
+            checkpoint,
+            adapter,
+            searcher,
+            remaining,
+            ctx.folder,
+            placement,
+            latency,
+        )
     ok = len(archive) >= search.budget or searcher.exhausted
     outcome = _finish(config, archive, searcher, trained, ctx, time.time() - started, failed, name)
+    outcome["latency"] = latency.targets
     if not ok:
         raise UserInputError(
             f"search evaluated {len(archive)} of {search.budget} candidates ({failed} trials "
@@ -326,14 +352,15 @@ def _tune(
     searcher: ArchSearch,
     n: int,
     folder: Path,
+    placement: Any,
+    latency: LatencyPlan,
 ) -> int:
-    """Run `n` evaluation trials through Ray Tune; returns how many trials errored."""
+    """Run `n` evaluation trials through Ray Tune on `placement`; returns how many errored."""
     from ray import tune
 
     search = config.search
-    local = ensure_ray(config.ray)
-    check_fits(search.resources, STAGE, local)
-    measure = search.measure_latency or "latency" in search.objectives
+    # without targets, the trial times the candidate where it runs (a laptop's only device)
+    measure = (search.measure_latency or "latency" in search.objectives) and not latency.probes
     spec = EvalSpec(
         checkpoint=str(checkpoint) if checkpoint is not None else None,
         evaluator=search.evaluator,
@@ -342,10 +369,14 @@ def _tune(
         batch_size=search.eval_batch_size,
         precision=config.supernet.precision,
         latency_batch_size=search.latency_batch_size if measure else None,
+        latency_repeats=search.latency_repeats,
+        latency_predictors=latency.predictors,
+        latency_objective=latency.objective,
         adapter=adapter,
     )
     trainable = tune.with_resources(
-        tune.with_parameters(evaluate_candidate, spec=spec), trial_resources(search.resources)
+        tune.with_parameters(evaluate_candidate, spec=spec, probes=latency.probes),
+        placement.trial_resources(),
     )
     tuner = tune.Tuner(
         trainable,

@@ -25,7 +25,7 @@ from ray.train.torch import TorchTrainer
 from orchestrator.config.schema import Resources
 from orchestrator.config.schema import RunConfig as RaynasConfig
 from orchestrator.errors import UserInputError
-from orchestrator.runtime import check_fits, ensure_ray, worker_resources
+from orchestrator.runtime import check_placement, ensure_ray, place
 from orchestrator.stage import StageContext, StageSpec
 from orchestrator.tracking import Tracker, flatten
 from search_spaces import build_space
@@ -213,9 +213,10 @@ def run_training(ctx: StageContext, plan: TrainingPlan) -> dict[str, Any]:
     tracker.log_dataset(run_id, splits, config.data, context="train")
     tracker.log_params(run_id, flatten(plan.params))
     logged = backfill_history(tracker, run_id, registered_checkpoint(run_dir, stage))
-    local = ensure_ray(config.ray)
     resources = plan.resources
-    check_fits(resources, stage, local)
+    placement = place(config, stage, resources, training=True)
+    local = ensure_ray(config.ray)
+    check_placement(config, placement, resources.workers, local)
 
     spec = WorkerSpec(
         train=plan.train,
@@ -234,12 +235,7 @@ def run_training(ctx: StageContext, plan: TrainingPlan) -> dict[str, Any]:
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"spec": spec},
-        scaling_config=ScalingConfig(
-            num_workers=resources.workers,
-            use_gpu=resources.gpus_per_worker > 0,
-            resources_per_worker=worker_resources(resources),
-            accelerator_type=resources.accelerator_type,
-        ),
+        scaling_config=ScalingConfig(num_workers=resources.workers, **placement.train_kwargs()),
         run_config=RunConfig(
             name=stage,
             storage_path=run_dir,
@@ -268,6 +264,7 @@ def run_training(ctx: StageContext, plan: TrainingPlan) -> dict[str, Any]:
         "standalone": plan.arch is not None,  # the weights of one arch's network, not a supernet
         "history": meta["history"],
         "space": plan.space_spec(config),
+        "placement": {"where": placement.where(), "ranks": meta.get("placement", [])},
         "metrics": result.metrics,
         "mlflow_run_id": run_id,
     }

@@ -11,7 +11,12 @@ import yaml
 from orchestrator.config import METHOD_DEFAULT_STAGES, METHOD_STAGES, load_config, parse
 from orchestrator.errors import ConfigError
 
-CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
+# run configs; configs/cluster-*.yaml are cluster specs (tests/cluster)
+CONFIGS = sorted(
+    p
+    for p in (Path(__file__).parents[2] / "configs").glob("*.yaml")
+    if not p.name.startswith("cluster-")
+)
 BASE = {
     "name": "t",
     "method": "autoformer",

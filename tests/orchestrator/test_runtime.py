@@ -13,15 +13,21 @@ pytestmark = pytest.mark.slow
 
 SCRIPT = """
 import json, os, ray
+from orchestrator.config import parse
 from orchestrator.config.schema import RayConfig, Resources
-from orchestrator.runtime import ResourceError, check_fits, ensure_ray
+from orchestrator.runtime import ResourceError, check_placement, ensure_ray, place
+from tests.helpers.configs import tiny_run
 
+config = parse(tiny_run("/tmp/unused"), "test")
 started = ensure_ray(RayConfig())
 again = ensure_ray(RayConfig())
 niceness = ray.get(ray.remote(lambda: os.nice(0)).remote())
-check_fits(Resources(workers=2, cpus_per_worker=1), "supernet", started)
+resources = Resources(workers=2, cpus_per_worker=1)
+check_placement(config, place(config, "supernet", resources), 2, started)
 try:
-    check_fits(Resources(workers=int(ray.cluster_resources()["CPU"]) + 1, cpus_per_worker=1), "supernet", started)
+    workers = int(ray.cluster_resources()["CPU"]) + 1
+    resources = Resources(workers=workers, cpus_per_worker=1)
+    check_placement(config, place(config, "supernet", resources), workers, started)
     message = None
 except ResourceError as exc:
     message = str(exc)
@@ -43,24 +49,8 @@ def test_local_ray_runs_workers_at_normal_priority_and_checks_resources():
     # a second call reuses the Ray and still knows it is the local one raynas started
     assert report["started"] is True and report["again"] is True
     assert report["niceness"] == 0  # Ray's default for workers is 15
-    assert report["message"].startswith("supernet.resources: ")
+    assert report["message"].startswith("supernet.resources: 3 workers of 1 CPU on any node")
     assert (
-        "CPU but this machine's Ray has" in report["message"]
+        "but this machine's Ray holds 2" in report["message"]
         and "lower supernet.resources.workers" in report["message"]
     )
-
-
-def test_trial_resources_are_fractional_and_name_the_accelerator():
-    from orchestrator.config.schema import Resources
-    from orchestrator.runtime import trial_resources
-
-    resources = Resources(
-        cpus_per_worker=0.5, gpus_per_worker=0.25, accelerator_type="L4", custom={"eval": 1}
-    )
-    assert trial_resources(resources) == {
-        "CPU": 0.5,
-        "GPU": 0.25,
-        "eval": 1,
-        "accelerator_type:L4": 0.001,
-    }
-    assert trial_resources(Resources()) == {"CPU": 1.0}

@@ -188,6 +188,7 @@ def train_worker(config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
+    placement = rank_placement(rank, world, device)
     dtype = autocast_dtype(cfg.precision, device)
 
     torch.manual_seed(spec.seed)  # identical initial weights on every rank
@@ -424,6 +425,7 @@ def train_worker(config: dict[str, Any]) -> None:
                         "probes": {n: arch_id(a) for n, a in probes.items()},
                         "arch": spec.arch,
                         "world_size": world,
+                        "placement": placement,
                     },
                 )
                 ray.train.report(
@@ -435,6 +437,27 @@ def train_worker(config: dict[str, Any]) -> None:
             ray.train.report(metrics)
     if arch_log is not None:
         arch_log.close()
+
+
+def rank_placement(rank: int, world: int, device: torch.device) -> list[dict[str, Any]]:
+    """Where every rank of this worker group runs (node id, its raynas group and accelerator
+    labels, the device), gathered from all ranks: recorded in each checkpoint's meta."""
+    import ray
+
+    runtime = ray.get_runtime_context()
+    labels = runtime.get_node_labels() or {}
+    mine = {
+        "rank": rank,
+        "node_id": runtime.get_node_id(),
+        "group": labels.get("raynas.io/group"),
+        "accelerator": labels.get("ray.io/accelerator-type"),
+        "device": str(device),
+    }
+    if world == 1 or not torch.distributed.is_initialized():
+        return [mine]
+    gathered: list[Any] = [None] * world
+    torch.distributed.all_gather_object(gathered, mine)
+    return sorted(gathered, key=lambda r: r["rank"])
 
 
 def _progress_line(metrics: dict[str, Any], epochs: int, stage: str = "supernet") -> str:
