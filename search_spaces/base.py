@@ -317,6 +317,17 @@ class SearchSpace(abc.ABC):
         ``torch.utils.flop_counter.FlopCounterMode`` reports. Fast: called thousands of times.
         """
 
+    def latency_units(self, arch: Arch) -> list[tuple[str, float]]:
+        """The extracted model as its kernels, ``(kind, size)`` pairs, for a per-target latency
+        model (``trainables.latency_model``: each call of kind ``k`` costs ``a_k + b_k x size``).
+
+        Kinds are what a latency table is keyed by (kernels that run alike); the size (MACs at
+        batch 1; elements for a kernel without MACs) lets the model interpolate to kernel
+        configurations it never measured. Analytic and fast, like :meth:`cost`. Default: the
+        whole network as one kernel, ``[("network", flops)]``.
+        """
+        return [("network", float(self.cost(arch)["flops"]))]
+
     # ---- modules ------------------------------------------------------------------------------
     @abc.abstractmethod
     def build_supernet(self) -> Supernet:

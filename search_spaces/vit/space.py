@@ -8,7 +8,7 @@ from typing import Any
 
 from search_spaces.base import Encoded, SearchSpace, Supernet
 from search_spaces.vit.arch import ViTArch, validate_vit_arch
-from search_spaces.vit.config import ViTSpaceConfig
+from search_spaces.vit.config import ViTSpaceConfig, mlp_hidden_dim
 from search_spaces.vit.cost import vit_macs, vit_params
 from search_spaces.vit.evolution import crossover_archs, mutate_arch, sample_arch
 from search_spaces.vit.mole import MoleSpec, MoleViTSupernet
@@ -128,6 +128,21 @@ class ViTSpace(SearchSpace):
         """``params`` of the extracted timm model; ``flops`` = MACs per image (see ``cost.py``)."""
         self.validate(arch)
         return {"params": vit_params(self.config, arch), "flops": vit_macs(self.config, arch)}
+
+    def latency_units(self, arch: ViTArch) -> list[tuple[str, float]]:
+        """Kernels of the extracted timm ViT with their MACs per image (the terms of
+        ``vit_macs``, which they sum to): ``patch_embed``; per block ``attn`` (qkv, both
+        attention matmuls, proj) and ``mlp`` (fc1, GELU, fc2); ``head``. Each LayerNorm (and
+        the residual add after it) is a ``norm`` sized by its elements, ``tokens x embed``."""
+        self.validate(arch)
+        c = self.config
+        e, n = arch.embed_dim, c.num_tokens
+        units = [("patch_embed", float(c.num_patches * e * c.in_chans * c.patch_size**2))]
+        for heads, ratio in zip(arch.num_heads, arch.mlp_ratio, strict=True):
+            a, h = heads * c.head_dim, mlp_hidden_dim(e, ratio)
+            units += [("norm", n * e), ("attn", n * e * 4 * a + 2 * n * n * a)]
+            units += [("norm", n * e), ("mlp", 2 * n * e * h)]
+        return units + [("norm", n * e), ("head", e * c.num_classes)]
 
     # ---- modules ------------------------------------------------------------------------------
     def build_supernet(self) -> ViTSupernet:
