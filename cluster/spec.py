@@ -33,7 +33,7 @@ MIN_KUBERAY = (1, 5, 1)
 #: Ray token auth needs >= 2.52; label selectors in Train's ScalingConfig about 2.53
 MIN_RAY = (2, 52, 0)
 
-_DNS_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+DNS1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 _LABEL_NAME = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)")
 _LABEL_PREFIX = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _QUANTITY = re.compile(r"(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?")
@@ -64,6 +64,15 @@ def memory_bytes(quantity: str) -> int:
             f"memory {quantity!r} is not a Kubernetes quantity; e.g. 16Gi, 300G, 512Mi"
         )
     return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def check_dns_name(value: str, what: str, limit: int) -> None:
+    """ValueError unless `value` is a DNS-1035 label of at most `limit` characters."""
+    if not DNS1035_LABEL.fullmatch(value) or len(value) > limit:
+        raise ValueError(
+            f"{what} {value!r} must be a DNS-1035 label (lower-case letters, digits, '-', "
+            f"starting with a letter) of at most {limit} characters"
+        )
 
 
 def check_label_key(key: str) -> str | None:
@@ -169,11 +178,7 @@ class GroupSpec(Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not _DNS_LABEL.fullmatch(value) or len(value) > 40:
-            raise ValueError(
-                f"group name {value!r} must be a DNS label (lower-case letters, digits, '-', "
-                "starting with a letter) of at most 40 characters"
-            )
+        check_dns_name(value, "group name", 40)
         if value in RESERVED:
             raise ValueError(
                 f"group name {value!r} is reserved (placement words and the head): "
@@ -348,11 +353,7 @@ class ClusterSpec(Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not _DNS_LABEL.fullmatch(value) or len(value) > 47:
-            raise ValueError(
-                f"name {value!r} must be a DNS-1035 label (lower-case letters, digits, '-', "
-                "starting with a letter) of at most 47 characters"
-            )
+        check_dns_name(value, "name", 47)
         return value
 
     @model_validator(mode="after")

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 
 import yaml
 
-from cluster.spec import check_label_key, check_label_value, version_tuple
+from cluster.spec import DNS1035_LABEL, check_label_key, check_label_value, version_tuple
 
 KUBERAY_SCHEMA_VERSION = "1.7.0"
 LAUNCHER_SCHEMA_VERSION = "2.60.0"
@@ -58,7 +58,6 @@ KUBECTL_BOOLEANS = frozenset({"y", "Y", "n", "N"})
 #: numbers go-yaml parses that PyYAML's resolver does not (1e3, 1.5e3): strings to PyYAML only
 _GO_YAML_NUMBER = re.compile(r"[-+]?(\.[0-9]+|[0-9][0-9_]*(\.[0-9_]*)?)([eE][-+]?[0-9]+)?")
 
-_DNS1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 _DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 #: k8s.io/apimachinery resource.Quantity (what KubeRay's ParseQuantity accepts)
 _QUANTITY = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+|[KMGTPE]i|[numkMGTPE])?")
@@ -196,7 +195,7 @@ def _name_problems(kind: str, metadata: Any) -> Iterator[tuple[str, str]]:
                 f"{name!r} has {len(name)} characters; a {kind} name has at most {limit}"
                 + (" (KubeRay derives longer names from it)" if kind == "RayJob" else ""),
             )
-        if not _DNS1035.fullmatch(name):
+        if not DNS1035_LABEL.fullmatch(name):
             yield (
                 "metadata.name",
                 f"{name!r} is not a DNS-1035 label (lower-case letters, digits and '-', "
