@@ -124,18 +124,17 @@ def check_registries(config: RunConfig) -> list[str]:
 def check_placements(config: RunConfig) -> list[str]:
     """Each stage's placement and the latency targets against the cluster spec (when there is
     one): unknown groups, GPU asks on CPU groups, fractional training GPUs."""
-    from cluster.placement import Need, PlacementError, resolve
+    from orchestrator.runtime import ResourceError, place
 
     problems = []
-    training = ("pretrain", "supernet", "mole", "retrain")
+    training = ("pretrain", "supernet", "mole", "retrain")  # data-parallel ranks (run_training)
     for stage in config.stage_names:
         resources = getattr(getattr(config, stage, None), "resources", None)
         if resources is None:
             continue
-        need = Need(resources.cpus_per_worker, resources.gpus_per_worker)
         try:
-            resolve(stage, need, resources.placement, config.cluster, training=stage in training)
-        except PlacementError as exc:
+            place(config, stage, resources, training=stage in training)
+        except ResourceError as exc:
             problems.append(str(exc))
     spec = config.cluster
     for target in config.search.latency_targets:
