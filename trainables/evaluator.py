@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -32,6 +31,7 @@ import torch
 
 from search_spaces import build_space
 from trainables.data import DataConfig, load_splits
+from trainables.latency_model import measure_ms
 from trainables.supernets import load_supernet
 from trainables.train.loop import autocast_dtype, check_data_fits_space, evaluate
 
@@ -113,22 +113,15 @@ class Evaluator:
         )
         return {"val_top1": 100.0 * correct / len(self.val), "val_loss": loss / len(self.val)}
 
-    @torch.no_grad()
     def latency_ms(self, arch: Any) -> float:
         """Median wall time (ms) of a forward pass of the extracted model at the latency batch."""
-        batch = self.spec.latency_batch_size or 1
-        model = self.supernet.extract(arch).to(self.device).eval()
-        x = torch.randn(batch, *self.space.input_shape, device=self.device)
-        for _ in range(2):  # warm-up: allocator, kernels
-            model(x)
-        times = []
-        for _ in range(self.spec.latency_repeats):
-            _sync(self.device)
-            start = time.perf_counter()
-            model(x)
-            _sync(self.device)
-            times.append((time.perf_counter() - start) * 1000.0)
-        return statistics.median(times)
+        return measure_ms(
+            self.supernet.extract(arch),
+            self.space.input_shape,
+            batch=self.spec.latency_batch_size or 1,
+            repeats=self.spec.latency_repeats,
+            device=self.device,
+        )
 
     def measure(self, arch: Any) -> dict[str, Any]:
         """Everything a trial reports: val metrics, analytic cost, optional latency, timing."""
@@ -237,8 +230,3 @@ def _use_assigned_cpus() -> None:
 def default_device() -> torch.device:
     """The first GPU Ray (or the user) made visible to this process, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
