@@ -1,6 +1,6 @@
 """Placement: the one place that turns "run this stage's workers on group X" into Ray terms.
 
-A stage asks for `workers` of a per-worker :class:`Need` (CPUs, GPUs, memory, custom resources)
+A stage asks for `workers` of a per-worker :class:`Need` (CPUs, GPUs, custom resources)
 on the node groups its ``placement`` names (``cluster.spec.ClusterSpec.groups_for``). The
 result, a :class:`Placement`, speaks every vocabulary raynas uses:
 
@@ -46,7 +46,6 @@ class Need:
 
     cpus: float = 1.0
     gpus: float = 0.0
-    memory: int | None = None  # bytes
     custom: Mapping[str, float] = field(default_factory=dict)
     accelerator_type: str | None = None  # raw Ray accelerator type (no cluster spec)
 
@@ -54,8 +53,6 @@ class Need:
         parts = [f"{self.cpus:g} CPU"]
         if self.gpus:
             parts.append(f"{self.gpus:g} GPU")
-        if self.memory:
-            parts.append(f"{self.memory / 2**30:.3g} GiB")
         parts += [f"{v:g} {k}" for k, v in self.custom.items()]
         if self.accelerator_type:
             parts.append(f"accelerator {self.accelerator_type}")
@@ -94,14 +91,14 @@ class Placement:
 
     # ---- the Ray vocabularies ---------------------------------------------------------------
     def custom(self) -> dict[str, float]:
-        """The request minus CPU/GPU/memory (Ray's `resources=` argument)."""
-        return {k: v for k, v in self.resources.items() if k not in ("CPU", "GPU", "memory")}
+        """The request minus CPU and GPU (Ray's `resources=` argument)."""
+        return {k: v for k, v in self.resources.items() if k not in ("CPU", "GPU")}
 
     def train_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``ray.train.ScalingConfig`` (besides num_workers)."""
         kwargs: dict[str, Any] = {
             "use_gpu": self.need.gpus > 0,
-            "resources_per_worker": {k: v for k, v in self.resources.items() if k != "memory"},
+            "resources_per_worker": dict(self.resources),
         }
         if self.label_selector:
             kwargs["label_selector"] = dict(self.label_selector)
@@ -112,7 +109,7 @@ class Placement:
         with its label selector when there is one."""
         from ray import tune
 
-        bundle = {k: v for k, v in self.resources.items() if k != "memory"}
+        bundle = dict(self.resources)
         if self.label_selector:
             return tune.PlacementGroupFactory(
                 [bundle], bundle_label_selector=[dict(self.label_selector)]
@@ -137,8 +134,6 @@ def request_of(need: Need) -> dict[str, float]:
     out: dict[str, float] = {"CPU": need.cpus}
     if need.gpus:
         out["GPU"] = need.gpus
-    if need.memory:
-        out["memory"] = float(need.memory)
     out.update(need.custom)
     if need.accelerator_type:
         out[f"accelerator_type:{need.accelerator_type}"] = MARKER_AMOUNT
