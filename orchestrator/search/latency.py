@@ -126,6 +126,7 @@ def fitted_model(
     """The target's latency model (fitted now, or read back from this fingerprint's file) and
     its held-out error report."""
     import ray
+
     from trainables.latency_model import LatencyPredictor, error_report
 
     path = folder / FOLDER / f"{target}.json"

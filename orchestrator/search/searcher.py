@@ -76,6 +76,7 @@ class ArchSearch(OptunaSearch):
         self.duplicates = 0
         self.exhausted = False
         self._running: dict[str, str] = {}  # Tune trial id -> arch id
+        self.failed: list[dict[str, Any]] = []  # params of trials that ended in an error
 
     @property
     def study(self):
@@ -130,6 +131,8 @@ class ArchSearch(OptunaSearch):
     ) -> None:
         aid = self._running.pop(trial_id, None)
         ot_trial = self._ot_trials.get(trial_id)
+        if error and ot_trial is not None:
+            self.failed.append(dict(ot_trial.params))
         if ot_trial is not None and result and not error and aid is not None:
             if all(result.get(m) is not None for m in self.metric):
                 row = make_row(
@@ -152,7 +155,7 @@ class ArchSearch(OptunaSearch):
         progress callback, which hold the storage and tracking URLs (and their passwords).
         A raynas search resumes from the study and the archive, never from that pickle."""
         state = dict(self.__dict__)
-        for key in ("_storage", "_ot_study", "on_evaluated", "_ot_trials"):
+        for key in ("_storage", "_ot_study", "on_evaluated", "_ot_trials", "failed"):
             if key in state:
                 state[key] = None
         return state

@@ -301,7 +301,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
             checkpoint,
             adapter,
             searcher,
-            remaining,
             ctx.folder,
             placement,
             latency,
@@ -350,12 +349,13 @@ def _tune(
     checkpoint: Path | None,
     adapter: dict[str, Any] | None,
     searcher: ArchSearch,
-    n: int,
     folder: Path,
     placement: Any,
     latency: LatencyPlan,
 ) -> int:
-    """Run `n` evaluation trials through Ray Tune on `placement`; returns how many errored."""
+    """Evaluate the rest of the budget through Ray Tune on `placement`; returns how many trials
+    errored. Trials whose node died under them are run again elsewhere (Tune's own retries of a
+    trial can land on a cached actor of the same dead node before Ray has declared it dead)."""
     from ray import tune
 
     search = config.search
@@ -378,6 +378,70 @@ def _tune(
         tune.with_parameters(evaluate_candidate, spec=spec, probes=latency.probes),
         placement.trial_resources(),
     )
+    failed, rounds = 0, 0
+    while True:
+        before = len(searcher.archive)
+        searcher.failed.clear()
+        # a round after the first re-runs the candidates whose node died under them (enqueued
+        # below, so the sampler proposes them first) and whatever else the budget still needs
+        name = "tune" if rounds == 0 else f"tune-{rounds + 1}"
+        results = _tune_round(trainable, searcher, search.budget - before, search, folder / name)
+        errors = [r for r in results if r.error is not None]
+        failed += len(errors)
+        rounds += 1
+        if not errors or len(searcher.archive) >= config.search.budget or searcher.exhausted:
+            break
+        lost = [r for r in errors if lost_node(r.error)]
+        if len(lost) < len(errors) or len(searcher.archive) == before or rounds > MAX_LOST_ROUNDS:
+            # the first error that is not a lost node says most
+            shown = next((r for r in errors if not lost_node(r.error)), errors[0]).error
+            first = "".join(traceback.format_exception(shown)).rstrip()
+            raise TrialsFailed(
+                f"search: {len(errors)} of {len(results)} evaluation trials failed "
+                f"(search.max_trial_failures={config.search.max_trial_failures} retries each); "
+                f"the first one's error:\n{first}"
+            )
+        for params in searcher.failed:  # every failure of this round lost its node
+            searcher.study.enqueue_trial(params)
+        searcher.failed.clear()
+        print(
+            f"[search] {len(lost)} trials lost their node; evaluating those candidates again "
+            f"elsewhere (round {rounds + 1})",
+            flush=True,
+        )
+    if failed:
+        print(f"[search] {failed} trials failed; the budget was still met", flush=True)
+    return failed
+
+
+# rounds of re-running candidates whose trials lost their node, each only while the last one
+# evaluated something: a cluster that keeps losing nodes ends the search (rerun to continue)
+MAX_LOST_ROUNDS = 3
+
+
+def lost_node(error: BaseException) -> bool:
+    """Whether a trial died with the node or worker process under it (re-run elsewhere), not of
+    an error in its own code (reported)."""
+    from ray import exceptions as rex
+
+    if isinstance(error, rex.RayTaskError):
+        error = error.as_instanceof_cause()
+    return isinstance(
+        error,
+        (
+            rex.RayActorError,  # ActorDiedError, ActorUnavailableError
+            rex.NodeDiedError,
+            rex.WorkerCrashedError,
+            rex.LocalRayletDiedError,
+            rex.ObjectLostError,
+        ),
+    )
+
+
+def _tune_round(trainable: Any, searcher: ArchSearch, n: int, search: Any, folder: Path) -> Any:
+    """One Ray Tune run of `n` evaluation trials; its results."""
+    from ray import tune
+
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -387,24 +451,13 @@ def _tune(
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
-            name="tune",
-            storage_path=str(folder),
+            name=folder.name,
+            storage_path=str(folder.parent),
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=search.max_trial_failures),
         ),
     )
-    results = tuner.fit()
-    errors = [r.error for r in results if r.error is not None]
-    if errors and len(searcher.archive) < config.search.budget and not searcher.exhausted:
-        first = "".join(traceback.format_exception(errors[0])).rstrip()
-        raise TrialsFailed(
-            f"search: {len(errors)} of {n} evaluation trials failed "
-            f"(search.max_trial_failures={config.search.max_trial_failures} retries each); "
-            f"the first one's error:\n{first}"
-        )
-    if errors:
-        print(f"[search] {len(errors)} trials failed; the budget was still met", flush=True)
-    return len(errors)
+    return tuner.fit()
 
 
 def _finish(

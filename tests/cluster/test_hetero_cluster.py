@@ -252,9 +252,13 @@ def test_a_node_lost_mid_training_and_mid_search_costs_nothing(hetero, tmp_path)
     assert search["evaluated"] == 12
     # every candidate has exactly one complete Optuna trial: none lost, none evaluated twice
     import optuna
+    from optuna.trial import TrialState
 
     study = optuna.load_study(study_name=search["study"], storage=f"sqlite:///{run_dir}/study.db")
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     ids = [t.user_attrs["arch_id"] for t in complete if "duplicate_of" not in t.user_attrs]
     assert sorted(ids) == sorted(rows["arch_id"]), (ids, rows["arch_id"].tolist())
+    # a candidate whose trial died with the node was evaluated after all
+    lost = {t.user_attrs["arch_id"] for t in study.trials if t.state == TrialState.FAIL}
+    assert lost <= set(rows["arch_id"]), lost
     print(f"training survived losing {victim}, the search losing {second}; out:\n{out[-3000:]}")

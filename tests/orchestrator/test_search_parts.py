@@ -14,7 +14,7 @@ from orchestrator.search.evolution import EvolutionSampler
 from orchestrator.search.pareto import dominates, hypervolume_2d, pareto_front
 from orchestrator.search.samplers import constraint_of, make_sampler, sampler_seed
 from orchestrator.search.searcher import ArchSearch
-from orchestrator.stages.search import reconcile
+from orchestrator.stages.search import lost_node, reconcile
 from search_spaces import build_space
 from tests.helpers.configs import SMALL_SPACE
 
@@ -196,3 +196,18 @@ def test_constraint_names_the_bound(space):
     assert check(space.largest()) == f"params={cost['params']} > max {cost['params'] - 1:g}"
     assert check(space.smallest()) is None
     assert constraint_of(SearchConfig(), space) is None
+
+
+def test_only_a_lost_node_or_worker_earns_a_trial_another_round():
+    from ray import exceptions as rex
+
+    def raised_in_task(cause):
+        return rex.RayTaskError("evaluate_candidate", "Traceback ...", cause)
+
+    died = rex.ActorDiedError()
+    assert lost_node(died) and lost_node(rex.ActorUnavailableError("gone", b"a" * 16))
+    assert lost_node(rex.NodeDiedError("node 1 died")) and lost_node(rex.WorkerCrashedError())
+    assert lost_node(raised_in_task(died))  # a probe actor that died under the trial
+    assert not lost_node(raised_in_task(ValueError("bad arch")))
+    assert not lost_node(ValueError("bad arch"))
+    assert not lost_node(rex.OutOfMemoryError("killed by the memory monitor"))
