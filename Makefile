@@ -24,7 +24,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,postgres]'
 	touch $@
 
 # Re-resolve the newest versions setup.cfg allows into constraints.txt (in a scratch venv);
@@ -34,7 +34,7 @@ lock:
 	rm -rf $(LOCK_VENV)
 	$(PYTHON) -m venv $(LOCK_VENV)
 	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(LOCK_VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	$(LOCK_VENV)/bin/python -m pip install --quiet -e '.[dev,postgres]'
 	{ echo "# The exact versions the test suite passed with; used by make install. Regenerate: make lock"; \
 	  $(LOCK_VENV)/bin/python -m pip freeze --exclude-editable | grep -v '^-e ' | LC_ALL=C sort -f; } > constraints.txt
 	rm -rf $(LOCK_VENV)
