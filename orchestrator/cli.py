@@ -78,7 +78,7 @@ def _route_logs(cfg, verbose: bool) -> None:
     """Library logs and Ray worker output to RUN_DIR/raynas.log (and the console with -v)."""
     from orchestrator.console import setup_logging
 
-    setup_logging(cfg.run_path, verbose)
+    setup_logging(cfg.workspace, verbose)
 
 
 # ---------------------------------------------------------------------------------- validate
@@ -282,10 +282,10 @@ def _print_pareto(cfg) -> None:
     from orchestrator.stage import read_result
     from orchestrator.stages.report import TABLE_HEADER, next_commands, pareto_table
 
-    selection = read_result(cfg.run_path, "select") if "select" in cfg.stage_names else None
+    selection = read_result(cfg.workspace, "select") if "select" in cfg.stage_names else None
     if selection is not None:
         _print_selection(selection)
-    summary = read_result(cfg.run_path, "export")
+    summary = read_result(cfg.workspace, "export")
     if summary is not None:
         title = "Retrained model" if "retrain" in cfg.stage_names else "Pareto subnets"
         reference = summary.get("reference")
@@ -319,7 +319,7 @@ def _print_pareto(cfg) -> None:
                 *["the dense model (pretrain)"][:wide],
             )
         out.print(table)
-    out.print(f"run directory: {Path(cfg.run_path).resolve()}", highlight=False)
+    out.print(f"run directory: {cfg.run_path if cfg.remote else cfg.workspace}", highlight=False)
     for command in next_commands(cfg):
         out.print(f"next: {command}", highlight=False)
 
@@ -365,7 +365,7 @@ def train(config: ConfigArg, set_: SetOpt = None, verbose: VerboseOpt = False) -
     cfg = load_config(config, set_)
     _route_logs(cfg, verbose)
     outcome = run_stages(cfg, only=["supernet"])["supernet"]
-    path = Path(cfg.run_path).resolve()
+    path = cfg.workspace
     last = outcome["history"][-1]
     table = Table("subnet", "val top-1 %", box=None)
     for key, value in last.items():
@@ -407,7 +407,7 @@ def search(
     outcome = run_stages(cfg, only=["search"], inputs=given)["search"]
     out.print(
         f"{outcome['evaluated']} candidates evaluated; Pareto front of {outcome['front_size']} in "
-        f"{Path(cfg.run_path).resolve() / 'pareto.parquet'}",
+        f"{cfg.workspace / 'pareto.parquet'}",
         highlight=False,
     )
     out.print(f"next: raynas export {cfg.run_path}", highlight=False)
@@ -432,7 +432,7 @@ def report(run_dir: RunDirArg) -> None:
 
     cfg = config_for_resume(run_dir)
     outcome = run_stages(cfg, only=["report"])["report"]
-    out.print(f"wrote {Path(cfg.run_path).resolve() / outcome['report']}", highlight=False)
+    out.print(f"wrote {cfg.workspace / outcome['report']}", highlight=False)
 
 
 # ---------------------------------------------------------------------------------- analyze

@@ -3,6 +3,8 @@
 Every file is written to a temporary file with a unique name beside it, flushed to disk
 (fsync), renamed over the target (atomic on one filesystem) and the folder is synced, so two
 writers never share a temporary file and a crash leaves either the old or the new content.
+When the run directory is in an object store, the file is then uploaded there before the write
+returns (``orchestrator.mirror``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from orchestrator import mirror
 
 
 @contextlib.contextmanager
@@ -34,6 +38,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
         raise
     sync_folder(path.parent)
+    mirror.written(path)
 
 
 def sync_folder(folder: str | Path) -> None:
@@ -60,3 +65,9 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 def write_json_atomic(path: str | Path, data: Any, **dumps: Any) -> Path:
     """`data` as indented JSON, written with :func:`write_text_atomic`."""
     return write_text_atomic(path, json.dumps(data, indent=2, **dumps))
+
+
+def remove(path: str | Path) -> None:
+    """Delete a run-directory file (and its copy in the store, for an object-store run dir)."""
+    Path(path).unlink(missing_ok=True)
+    mirror.removed(path)

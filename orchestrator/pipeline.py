@@ -16,12 +16,12 @@ from typing import Any
 
 import yaml
 
-from orchestrator import rundir
+from orchestrator import mirror, rundir
 from orchestrator.config import load_config
 from orchestrator.config.loader import apply_overrides, parse
 from orchestrator.config.schema import RunConfig
 from orchestrator.errors import ConfigError, UserInputError
-from orchestrator.files import write_json_atomic
+from orchestrator.files import remove, write_json_atomic
 from orchestrator.runtime import install_sigterm
 from orchestrator.secrets import redact
 from orchestrator.stage import (
@@ -37,11 +37,13 @@ from orchestrator.stage import (
 )
 from orchestrator.stages import registered
 from orchestrator.tracking import Tracker, flatten, tracking_uri
+from trainables.storage import is_remote
 
 
 def config_for_resume(run_dir: str | Path, overrides: Sequence[str] | None = None) -> RunConfig:
-    """The config saved in `run_dir`, with `--set` overrides, pointed at `run_dir`."""
-    path = Path(run_dir).resolve() / "config.yaml"
+    """The config saved in `run_dir`, with `--set` overrides, pointed at `run_dir` (a local path
+    or an object-store URI)."""
+    path = rundir.fetch(str(run_dir), "config.yaml") / "config.yaml"
     if not path.is_file():
         raise UserInputError(
             f"--resume {run_dir}: no config.yaml there; not a raynas run directory"
@@ -57,13 +59,13 @@ def config_for_resume(run_dir: str | Path, overrides: Sequence[str] | None = Non
     if not isinstance(data, dict):
         raise ConfigError(str(path), ["the saved config is damaged: not a mapping of keys"])
     data = apply_overrides(data, list(overrides or []), str(path))
-    data["run_dir"] = str(Path(run_dir).resolve())
+    data["run_dir"] = str(run_dir) if is_remote(run_dir) else str(Path(run_dir).resolve())
     return parse(data, str(path))
 
 
 def check_same_run(config: RunConfig) -> None:
     """A run directory holds one run: a different config there needs --resume or a new name."""
-    saved = Path(config.run_path).resolve() / "config.yaml"
+    saved = rundir.fetch(config.run_path, "config.yaml") / "config.yaml"
     if not saved.is_file():
         return
     try:
@@ -196,7 +198,7 @@ def _run_one(spec, config, tracker, path, providers, upstream, number, total) ->
         print(f"[{spec.name}] re-run, {redact(decision.reason)}", flush=True)
     folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(folder / INPUTS_FILE, now.as_json())
-    (folder / "result.json").unlink(missing_ok=True)  # running: no longer complete
+    remove(folder / "result.json")  # running: no longer complete
     started = time.time()
     print(f"\n== raynas: stage {number}/{total}: {spec.name} ({spec.describe}) ==", flush=True)
     run_id = tracker.stage_run(spec.name, fresh=decision.action == "fresh")
@@ -215,6 +217,9 @@ def _run_one(spec, config, tracker, path, providers, upstream, number, total) ->
         result["inputs"] = now.as_json()
         result["digests"] = {n: output_digest(result, f) for n, f in spec.provides.items()}
         result["seconds"] = result.get("seconds", time.time() - started)
+        store = mirror.current()
+        if store is not None:  # everything the stage wrote is in the store before its result
+            store.sync()
         write_json_atomic(folder / "result.json", result)
         tracker.client.log_artifact(run_id, str(folder / "result.json"))
     print(f"== {spec.name} done in {time.time() - started:.0f} s ==", flush=True)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator import mirror
 from orchestrator.errors import UserInputError
 from orchestrator.secrets import redact
 
@@ -273,4 +274,5 @@ def supersede(spec: StageSpec, run_dir: Path, fingerprint: str | None) -> Path |
         destination = target / rel
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(run_dir / rel), str(destination))
+        mirror.removed(run_dir / rel)
     return target

@@ -8,12 +8,14 @@ say something, and are sized for a laptop where they do not.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cluster.spec import ClusterSpec
 from trainables.data.config import DataConfig
+from trainables.storage import is_remote
 from trainables.train.config import SupernetTrainConfig
 
 Method = Literal["autoformer", "tas-lora", "flora", "it-nas"]
@@ -507,11 +509,14 @@ class RunConfig(Strict):
         return self
 
     @model_validator(mode="after")
-    def _remote_run_dir_needs_tracking_server(self) -> RunConfig:
-        if self.run_dir is not None and "://" in self.run_dir and self.tracking.uri is None:
+    def _remote_run_dir_needs_a_tracking_server(self) -> RunConfig:
+        if self.run_dir is None or not is_remote(self.run_dir):
+            return self
+        if self.tracking.uri is None or self.tracking.uri.startswith(("sqlite:", "file:")):
             raise ValueError(
-                f"run_dir={self.run_dir!r} is remote, so the embedded MLflow store cannot live in it; "
-                "set tracking.uri to a tracking server (http://...)"
+                f"run_dir={self.run_dir!r} is in an object store, so the embedded MLflow store "
+                "cannot live in it; set tracking.uri to a tracking server (http://...) whose "
+                "artifact root is in the store (mlflow server --artifacts-destination s3://...)"
             )
         return self
 
@@ -534,4 +539,18 @@ class RunConfig(Strict):
 
     @property
     def run_path(self) -> str:
+        """The run directory as configured: a local path or an object-store URI."""
         return self.run_dir or f"runs/{self.name}"
+
+    @property
+    def remote(self) -> bool:
+        """Whether the run directory is in an object store (``orchestrator.mirror``)."""
+        return is_remote(self.run_path)
+
+    @property
+    def workspace(self) -> Path:
+        """The local folder the stages read and write: the run directory itself, or the local
+        mirror of an object-store one (``orchestrator.mirror.workspace_of``)."""
+        from orchestrator.mirror import workspace_of
+
+        return workspace_of(self.run_path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from orchestrator.config.schema import RunConfig as RaynasConfig
@@ -42,7 +41,7 @@ TABLE_HEADER = ["arch id", "params (M)", "MFLOPs", "val top-1 %", "test top-1 %"
 
 def next_commands(config: RaynasConfig) -> list[str]:
     """The commands that open what this run wrote: MLflow UI and optuna-dashboard."""
-    run_dir = Path(config.run_path).resolve()
+    run_dir = config.workspace
     configured = config.tracking.uri
     uri = redact(configured) if configured else tracking_uri(None, str(run_dir))
     mlflow_cmd = (

@@ -55,7 +55,7 @@ def storage_url(config: RaynasConfig) -> str:
     redacted; :func:`open_study` expands it."""
     if config.search.storage:
         return config.search.storage
-    return f"sqlite:///{Path(config.run_path).resolve() / STUDY_FILE}"
+    return f"sqlite:///{config.workspace / STUDY_FILE}"
 
 
 def study_name(config: RaynasConfig) -> str:
@@ -92,6 +92,12 @@ def open_study(config: RaynasConfig, sampler: Any = None):
     """The run's Optuna storage (its SQLite folder created); one line when it is unusable."""
     import optuna
 
+    if config.remote and config.search.storage is None:
+        raise StudyStorageError(
+            f"run_dir={config.run_path!r} is in an object store, which cannot hold the search's "
+            "SQLite study; set search.storage to a database server, e.g. "
+            "postgresql+psycopg2://user:${PGPASSWORD}@host/db"
+        )
     url = resolve(storage_url(config), "search.storage")
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)

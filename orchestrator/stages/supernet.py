@@ -22,6 +22,7 @@ import ray.train
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from orchestrator import mirror
 from orchestrator.config.schema import Resources
 from orchestrator.config.schema import RunConfig as RaynasConfig
 from orchestrator.errors import UserInputError
@@ -140,6 +141,26 @@ def registered_checkpoint(run_dir: str, stage: str = STAGE) -> Path | None:
     return stage_dir(run_dir, stage) / name if name else None
 
 
+def storage_of(run_dir: str) -> dict[str, Any]:
+    """Ray Train's `storage_path` (and `storage_filesystem`): the run directory, or the store of
+    an object-store one, which every node's rank 0 writes its checkpoints into directly."""
+    store = mirror.current()
+    if store is None:
+        return {"storage_path": run_dir}
+    path, filesystem = store.storage_path()
+    return {"storage_path": path, "storage_filesystem": filesystem}
+
+
+def downloaded(checkpoint_path: str, stage: str) -> Path:
+    """The local folder of a checkpoint Ray Train registered: in place, or (object-store run
+    directory) the stage folder copied into the workspace first."""
+    store = mirror.current()
+    if store is None:
+        return Path(checkpoint_path)
+    store.pull(stage)
+    return store.local_path(checkpoint_path)
+
+
 def file_sha256(path: Path) -> str:
     """The SHA-256 of a checkpoint's weights: which supernet scored an archive row."""
     digest = hashlib.sha256()
@@ -170,7 +191,7 @@ def preflight(config: RaynasConfig, plan: TrainingPlan):
             f"supernet.batch_size={batch} needs >= 1 image per worker "
             f"({workers} workers of {plan.stage}) and at most the {len(splits.train)} train images"
         )
-    latest = registered_checkpoint(config.run_path, plan.stage)
+    latest = registered_checkpoint(str(config.workspace), plan.stage)
     if latest is not None:
         ckpt.load_into(build_supernet(space, plan.adapter, arch), latest)
         ckpt.load_train_state(latest)
@@ -238,7 +259,7 @@ def run_training(ctx: StageContext, plan: TrainingPlan) -> dict[str, Any]:
         scaling_config=ScalingConfig(num_workers=resources.workers, **placement.train_kwargs()),
         run_config=RunConfig(
             name=stage,
-            storage_path=run_dir,
+            **storage_of(run_dir),
             failure_config=FailureConfig(max_failures=plan.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=plan.keep_checkpoints),
             callbacks=[EpochLogger(tracker.uri, run_id, logged)],
@@ -253,7 +274,7 @@ def run_training(ctx: StageContext, plan: TrainingPlan) -> dict[str, Any]:
         raise
     if result.checkpoint is None:
         raise RuntimeError(f"{stage}: Ray Train finished without registering a checkpoint")
-    checkpoint = Path(result.checkpoint.path)
+    checkpoint = downloaded(result.checkpoint.path, stage)
     meta = ckpt.load_meta(checkpoint)
     tracker.client.log_artifacts(run_id, str(checkpoint), artifact_path="checkpoint")
     return {

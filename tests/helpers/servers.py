@@ -35,15 +35,17 @@ def wait_http(url: str, timeout: float, process: subprocess.Popen | None = None)
 
 
 @contextmanager
-def mlflow_server(folder: Path):
+def mlflow_server(folder: Path, artifacts: str | None = None, backend: str | None = None):
+    """`mlflow server` with its backend store (default: SQLite in `folder`) and its proxied
+    artifact root (default: `folder/artifacts`; an `s3://` URI needs the S3 environment)."""
     port = free_port()
     mlflow = Path(sys.executable).with_name("mlflow")
     log = open(folder / "mlflow-server.log", "w")
     process = subprocess.Popen(
         [
             str(mlflow), "server",
-            "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
-            "--artifacts-destination", str(folder / "artifacts"),
+            "--backend-store-uri", backend or f"sqlite:///{folder / 'server.db'}",
+            "--artifacts-destination", artifacts or str(folder / "artifacts"),
             "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
         ],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -77,3 +79,41 @@ def local_ray():
         yield
     finally:
         ray.shutdown()
+
+
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "raynas-test",
+    "AWS_SECRET_ACCESS_KEY": "raynas-test-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@contextmanager
+def s3_server(folder: Path, buckets: tuple[str, ...] = ("raynas",)):
+    """moto's standalone S3-compatible server on a free loopback port, with `buckets` created.
+
+    Yields the environment a client needs (endpoint and credentials): pyarrow, Ray Train and
+    mlflow read them from there. The caller applies it (e.g. with monkeypatch.setenv) so the
+    processes it starts inherit it."""
+    port = free_port()
+    log = open(folder / "s3-server.log", "w")
+    process = subprocess.Popen(
+        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{endpoint}/moto-api/", timeout=60, process=process)
+        env = {**S3_ENV, "AWS_ENDPOINT_URL": endpoint}
+        for bucket in buckets:
+            request = urllib.request.Request(f"{endpoint}/{bucket}", method="PUT")
+            with urllib.request.urlopen(request, timeout=10) as response:
+                assert response.status == 200, f"creating bucket {bucket}: {response.status}"
+        yield env
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        log.close()
