@@ -214,6 +214,36 @@ class NB201Space(_CellSpace):
     def _cost(self, arch: NB201Arch) -> dict[str, int]:
         return nb201_cost(self.config, arch)
 
+    def latency_units(self, arch: NB201Arch) -> list[tuple[str, float]]:
+        """Kernels of the extracted ``TinyNetwork`` (``network.py``) with their MACs per image
+        (the terms of ``nb201_cost``'s flops, which they sum to): ``stem`` (conv 3x3 + BN);
+        per cell of every stage, one unit per edge named by its op: ``nor_conv_3x3`` and
+        ``nor_conv_1x1`` (ReLU, conv, BN; ``pixels x C^2 x kernel^2``), ``avg_pool_3x3`` and
+        ``skip_connect`` (the identity, whose kernel is the addition into its node) sized by
+        their elements, ``pixels x C``, and no unit for ``none`` (no module runs);
+        ``reduction_block`` for each ResNet basic block between stages (its two 3x3 convs and
+        the 1x1 shortcut); ``head`` (the classifier). The final BN + ReLU and global pooling
+        are the same for every cell and left to the intercept."""
+        self.validate(arch)
+        c = self.config
+        size, ch = c.img_size, c.channels
+        units = [("stem", float(size * size * ch * c.in_chans * 9))]
+        c_prev = ch
+        for stage in range(3):
+            cs = ch * 2**stage
+            if stage:
+                size //= 2
+                hw = size * size
+                block = hw * cs * c_prev * 9 + hw * cs * cs * 9 + hw * cs * c_prev
+                units.append(("reduction_block", float(block)))
+            hw = size * size
+            for _ in range(c.cells_per_stage):
+                units += [
+                    (op, float(_nb201_op_size(op, cs, hw))) for op in arch.ops if op != "none"
+                ]
+            c_prev = cs
+        return units + [("head", float(c_prev * c.num_classes))]
+
     def describe(self, arch: NB201Arch) -> str:
         """The NB201 string, e.g. ``|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|...|``."""
         return to_nb201_string(arch)
@@ -350,6 +380,46 @@ class DartsSpace(_CellSpace):
     def _cost(self, arch: DartsArch) -> dict[str, int]:
         return darts_cost(self.config, arch)
 
+    def latency_units(self, arch: DartsArch) -> list[tuple[str, float]]:
+        """Kernels of the extracted DARTS network (``network.py``) with their MACs per image
+        (the terms of ``darts_cost``'s flops, which they sum to): ``stem`` (conv 3x3 + BN);
+        per cell, its two input preprocessings, ``preprocess`` (ReLU, conv 1x1, BN:
+        ``pixels x C_in x C``) or, for the first input of a cell after a reduction cell,
+        ``factorized_reduce`` (two strided 1x1 convs, same MACs), then one unit per
+        ``(op, input)`` pair of its gene, named by its op: ``sep_conv_*`` (two depthwise +
+        pointwise stacks: ``2 x pixels x (C x kernel^2 + C^2)``) and ``dil_conv_*`` (one:
+        ``pixels x (C x kernel^2 + C^2)``), at the output resolution; ``max_pool_3x3``,
+        ``avg_pool_3x3`` and the identity ``skip_connect`` sized by their output elements,
+        ``pixels x C``; a strided ``skip_connect`` (reduction cell, from a cell input) runs as
+        a FactorizedReduce and is a ``factorized_reduce`` unit of ``pixels x C^2`` MACs.
+        ``head`` is the classifier. The cells' concatenations and the global pooling are left
+        to the intercept."""
+        self.validate(arch)
+        cfg = self.config
+        c_stem = cfg.stem_multiplier * cfg.channels
+        size = cfg.img_size
+        units = [("stem", float(size * size * c_stem * cfg.in_chans * 9))]
+        c_prev_prev, c_prev, c = c_stem, c_stem, cfg.channels
+        reduction_prev = False
+        for i in range(cfg.layers):
+            reduction = i in cfg.reduction_layers
+            if reduction:
+                c *= 2
+            hw_in = size * size
+            first = "factorized_reduce" if reduction_prev else "preprocess"
+            units += [
+                (first, float(hw_in * c_prev_prev * c)),
+                ("preprocess", float(hw_in * c_prev * c)),
+            ]
+            if reduction:
+                size //= 2
+            hw_out = size * size
+            for op, src in arch.reduce if reduction else arch.normal:
+                units.append(_darts_op_unit(op, c, hw_out, strided=reduction and src < 2))
+            c_prev_prev, c_prev = c_prev, len(DARTS_NODES) * c
+            reduction_prev = reduction
+        return units + [("head", float(c_prev * cfg.num_classes))]
+
     def describe(self, arch: DartsArch) -> str:
         """DARTS genotype text: ``Genotype(normal=[('sep_conv_3x3', 0), ...], ...)``."""
         return to_genotype_text(arch)
@@ -385,6 +455,36 @@ def build_cell_space(config: CellSpaceConfig) -> NB201Space | DartsSpace:
     if not isinstance(config, CellSpaceConfig):
         raise ValueError(f"config must be a CellSpaceConfig, got {type(config).__name__}")
     return NB201Space(config) if config.kind == "nb201" else DartsSpace(config)
+
+
+_KERNEL = {
+    "nor_conv_1x1": 1,
+    "nor_conv_3x3": 3,
+    "sep_conv_3x3": 3,
+    "sep_conv_5x5": 5,
+    "dil_conv_3x3": 3,
+    "dil_conv_5x5": 5,
+}
+"""Kernel size of each conv op of both cell spaces (latency-unit sizes)."""
+
+
+def _nb201_op_size(op: str, channels: int, pixels: int) -> int:
+    """Latency-unit size of NB201 op ``op`` in a cell: MACs of a conv, else elements."""
+    kernel = _KERNEL.get(op)
+    if kernel is None:  # avg_pool_3x3, skip_connect
+        return pixels * channels
+    return pixels * channels * channels * kernel * kernel
+
+
+def _darts_op_unit(op: str, channels: int, pixels: int, strided: bool) -> tuple[str, float]:
+    """Latency unit of one DARTS op with ``channels`` channels and ``pixels`` output pixels."""
+    c = channels
+    if op == "skip_connect" and strided:
+        return ("factorized_reduce", float(pixels * c * c))
+    if op in ("max_pool_3x3", "avg_pool_3x3", "skip_connect"):
+        return (op, float(pixels * c))
+    stack = pixels * (c * _KERNEL[op] ** 2 + c * c)  # depthwise + pointwise
+    return (op, float(2 * stack if op.startswith("sep_conv") else stack))
 
 
 def _argmax(row: list[float]) -> int:

@@ -10,7 +10,13 @@ from typing import Any
 from search_spaces.base import Encoded, SearchSpace
 from search_spaces.lowrank.arch import LowRankArch, validate_lowrank_arch
 from search_spaces.lowrank.config import Choice, LowRankSpaceConfig
-from search_spaces.lowrank.cost import block_linear_macs, lowrank_macs, lowrank_params
+from search_spaces.lowrank.cost import (
+    block_linear_macs,
+    layer_ranks,
+    lowrank_macs,
+    lowrank_params,
+)
+from search_spaces.lowrank.rank import is_factored
 from search_spaces.lowrank.supernet import (
     LowRankViTSupernet,
     dense_timm_kwargs,
@@ -172,6 +178,34 @@ class LowRankSpace(SearchSpace):
             "flops": lowrank_macs(self.config, arch),
         }
 
+    def latency_units(self, arch: LowRankArch) -> list[tuple[str, float]]:
+        """Kernels of the exported timm ViT (``timm_model.py``) with their MACs per image (the
+        terms of ``lowrank_macs``, which they sum to): ``patch_embed``; per block, in forward
+        order, qkv, ``attention`` (timm's fused ``q @ k^T``, softmax, ``attn @ v``:
+        ``2 x tokens^2 x heads x head_dim``), proj, fc1, fc2; ``head`` (class token only).
+
+        Each of the four linear layers is what export made of it (``rank.py``'s rule): a
+        ``linear``, one dense matmul of ``tokens x in x out`` (full rank, or a rank whose two
+        factors would cost more and that runs fused), or two ``linear_factored`` units, the
+        thin matmuls ``in -> k`` and ``k -> out`` (``tokens x in x k`` and ``tokens x k x
+        out``): two calls, whose thin inner dimension runs unlike a square matmul. Each LayerNorm
+        (and the residual add after it) is a ``norm`` sized by its elements, ``tokens x embed``; GELU is left to
+        the intercept (the dense shape, hence its size, is fixed in this space)."""
+        self.validate(arch)
+        c = self.config
+        e, n = c.embed_dim, c.num_tokens
+        units = [("patch_embed", float(c.num_patches * e * c.in_chans * c.patch_size**2))]
+        for b in range(c.depth):
+            ranks = layer_ranks(c, arch, b)
+            qkv, proj, fc1, fc2 = (
+                _linear_units(n, *c.layer_shape(b, layer), ranks[layer])
+                for layer in ("qkv", "proj", "fc1", "fc2")
+            )
+            a = c.num_heads[b] * c.head_dim
+            units += [("norm", float(n * e)), *qkv, ("attention", float(2 * n * n * a)), *proj]
+            units += [("norm", float(n * e)), *fc1, *fc2]
+        return units + [("norm", float(n * e)), ("head", float(e * c.num_classes))]
+
     def describe(self, arch: LowRankArch) -> str:
         self.validate(arch)
         layers = "/".join(self.config.layers)
@@ -285,6 +319,17 @@ class LowRankSpace(SearchSpace):
                 )
             allowed.append([list(self._texts[b][t]) for t in texts])
         return {"allowed": allowed}
+
+
+def _linear_units(tokens: int, i: int, o: int, rank: int) -> list[tuple[str, float]]:
+    """Latency units of one ``i -> o`` linear layer at ``rank`` over ``tokens`` tokens: two
+    ``linear_factored`` matmuls where ``rank.py`` factors it, else one dense ``linear``."""
+    if is_factored(rank, i, o):
+        return [
+            ("linear_factored", float(tokens * i * rank)),
+            ("linear_factored", float(tokens * rank * o)),
+        ]
+    return [("linear", float(tokens * i * o))]
 
 
 def _unrestricted(config: LowRankSpaceConfig) -> LowRankSpaceConfig:
