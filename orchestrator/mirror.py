@@ -43,6 +43,7 @@ from trainables.storage import (
     download_file,
     first_line,
     is_remote,
+    object_version,
     open_location,
     upload_file,
 )
@@ -119,17 +120,7 @@ class Mirror:
         return found
 
     def _version(self, path: str, info: pafs.FileInfo | None = None) -> str:
-        """What changes whenever the object's content does: its ETag where the store gives one
-        (a HEAD request), else size and modification time (one-second resolution on S3)."""
-        try:
-            with self.store.filesystem.open_input_file(path) as handle:
-                etag = handle.metadata().get("ETag")
-        except OSError:
-            etag = None
-        if etag:
-            return etag.decode() if isinstance(etag, bytes) else str(etag)
-        info = info or self.store.info(path)
-        return f"{info.size}:{info.mtime_ns}"
+        return object_version(self.store, path)
 
     @staticmethod
     def _mark(stat: os.stat_result, version: str) -> list:
@@ -344,6 +335,21 @@ def active(mirror: Mirror | None) -> Iterator[Mirror | None]:
 
 def current() -> Mirror | None:
     return _active
+
+
+def for_workers(path: str | Path | None) -> str | None:
+    """A workspace path as the Ray workers of any node can read it: the store URI when the run
+    directory is in an object store (``trainables.storage.local_folder`` fetches it there), else
+    the path itself."""
+    if path is None:
+        return None
+    if _active is None:
+        return str(path)
+    try:
+        relative = Path(path).resolve().relative_to(_active.local).as_posix()
+    except ValueError:
+        return str(path)
+    return f"{_active.uri}/{relative}"
 
 
 def written(path: str | Path) -> None:

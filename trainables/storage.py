@@ -8,6 +8,7 @@ default credentials for ``gs://``); they are never part of a URI raynas writes.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -90,3 +91,70 @@ def upload_file(location: Location, source: Path, path: str) -> None:
     only when the upload completes, so a reader sees the old object or the new one whole."""
     with open(source, "rb") as data, location.filesystem.open_output_stream(path) as out:
         shutil.copyfileobj(data, out, length=1 << 20)
+
+
+FETCH_CACHE_ENV = "RAYNAS_FETCH_CACHE"
+VERSIONS_FILE = ".raynas.versions.json"
+
+
+def fetch_cache(uri: str) -> Path:
+    """Where this node keeps its copy of the store folder `uri`."""
+    scheme, rest = uri.split("://", 1)
+    base = os.environ.get(FETCH_CACHE_ENV) or Path.home() / ".cache" / "raynas" / "fetched"
+    return Path(base).expanduser().resolve() / scheme / rest.strip("/")
+
+
+def object_version(location: Location, path: str) -> str:
+    """What changes whenever an object's content does: its ETag (a HEAD request) where the
+    store gives one, else its size and modification time."""
+    try:
+        with location.filesystem.open_input_file(path) as handle:
+            etag = handle.metadata().get("ETag")
+    except OSError:
+        etag = None
+    if etag:
+        return etag.decode() if isinstance(etag, bytes) else str(etag)
+    info = location.info(path)
+    return f"{info.size}:{info.mtime_ns}"
+
+
+def local_folder(folder: str | os.PathLike) -> Path:
+    """A folder a worker reads (a checkpoint, a dense model): in place when it is local; when it
+    is in an object store, this node's copy of it, downloaded once and again only when an object
+    in the store changed (their versions are kept beside the copy). Safe for several processes
+    of one node at once."""
+    text = str(folder)
+    if not is_remote(text):
+        return Path(text)
+    from filelock import FileLock
+
+    location = open_location(text, "folder")
+    try:
+        infos = location.filesystem.get_file_info(
+            pafs.FileSelector(location.path, recursive=True, allow_not_found=True)
+        )
+        files = {
+            info.path[len(location.path) + 1 :]: object_version(location, info.path)
+            for info in infos
+            if info.type == pafs.FileType.File
+        }
+    except OSError as exc:
+        raise StorageError(f"{text}: cannot read the store ({first_line(exc)})") from None
+    if not files:
+        raise StorageError(f"{text}: no such folder in the store")
+    target = fetch_cache(text)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target.with_name(f".{target.name}.lock"))):
+        try:
+            if json.loads((target / VERSIONS_FILE).read_text()) == files:
+                return target
+        except (OSError, ValueError):
+            pass
+        staging = target.with_name(f".{target.name}.{os.getpid()}.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        for relative in files:
+            download_file(location, location.child(relative), staging / relative)
+        (staging / VERSIONS_FILE).write_text(json.dumps(files))
+        shutil.rmtree(target, ignore_errors=True)
+        staging.replace(target)
+    return target

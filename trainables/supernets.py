@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from search_spaces import Arch, SearchSpace, Supernet, build_from_spec
+from trainables.storage import local_folder
 from trainables.train import checkpoint as ckpt
 
 
@@ -83,7 +84,7 @@ def dense_state(folder: str | Path) -> dict[str, torch.Tensor]:
     or the ``pretrain`` stage's dense model)."""
     from safetensors.torch import load_file
 
-    return load_file(str(Path(folder) / DENSE_WEIGHTS))
+    return load_file(str(local_folder(folder) / DENSE_WEIGHTS))
 
 
 def load_model(folder: str | Path) -> torch.nn.Module:
@@ -91,7 +92,8 @@ def load_model(folder: str | Path) -> torch.nn.Module:
     strictly (eval mode)."""
     import json
 
-    spec = json.loads((Path(folder) / DENSE_SPEC).read_text())
+    folder = local_folder(folder)
+    spec = json.loads((folder / DENSE_SPEC).read_text())
     model = build_from_spec(spec)
     model.load_state_dict(dense_state(folder), strict=True)
     return model.eval()

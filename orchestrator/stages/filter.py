@@ -22,6 +22,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from orchestrator import mirror
 from orchestrator.config.schema import RunConfig as RaynasConfig
 from orchestrator.errors import UserInputError
 from orchestrator.files import write_json_atomic
@@ -78,7 +79,7 @@ def local_job(config: RaynasConfig, ctx: StageContext, space, unit: int):
     return LocalJob(
         unit=unit,
         space={**spec, "overrides": overrides},
-        dense=str(ctx.path(ctx.input("dense")["dense"])),
+        dense=mirror.for_workers(ctx.path(ctx.input("dense")["dense"])),
         data=config.data,
         train=config.supernet,
         steps=config.filter.steps,

@@ -19,6 +19,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from orchestrator import mirror
 from orchestrator.config.schema import RunConfig as RaynasConfig
 from orchestrator.errors import UserInputError
 from orchestrator.runtime import check_placement, ensure_ray, place
@@ -368,7 +369,7 @@ def _tune(
     # without targets, the trial times the candidate where it runs (a laptop's only device)
     measure = (search.measure_latency or "latency" in search.objectives) and not latency.probes
     spec = EvalSpec(
-        checkpoint=str(checkpoint) if checkpoint is not None else None,
+        checkpoint=mirror.for_workers(checkpoint),
         evaluator=search.evaluator,
         data=config.data,
         space=space_spec,

@@ -246,12 +246,12 @@ def run_training(ctx: StageContext, plan: TrainingPlan) -> dict[str, Any]:
         seed=config.seed,
         run_dir=run_dir,
         stage=stage,
-        init_from=plan.init_from,
+        init_from=mirror.for_workers(plan.init_from),
         adapter=plan.adapter,
         group_init_steps=plan.group_init_steps,
         freeze_base=plan.freeze_base,
         arch=plan.arch,
-        dense=plan.dense,
+        dense=mirror.for_workers(plan.dense),
     )
     trainer = TorchTrainer(
         train_worker,

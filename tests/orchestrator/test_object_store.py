@@ -130,6 +130,35 @@ def dead_pid() -> int:
     return process.pid
 
 
+def test_workers_of_any_node_read_a_checkpoint_in_the_store_and_see_it_change(
+    store_env, tmp_path, monkeypatch
+):
+    import torch
+
+    from trainables.storage import FETCH_CACHE_ENV, StorageError, fetch_cache
+    from trainables.train import checkpoint as ckpt
+
+    uri = "s3://raynas/runs/fetch"
+    store = Mirror(uri)
+    folder = store.local / "supernet" / "epoch_0001"
+    ckpt.save(folder, {"w": torch.zeros(4)}, {"step": 1}, {"epoch": 1})
+    with mirror.active(store):
+        store.sync()
+        handed = mirror.for_workers(folder)
+    assert handed == f"{uri}/supernet/epoch_0001"
+    monkeypatch.setenv(FETCH_CACHE_ENV, str(tmp_path / "node-2"))  # a node without the mirror
+    assert ckpt.load_meta(handed) == {"epoch": 1}
+    assert torch.equal(ckpt.load_weights(handed)["w"], torch.zeros(4))
+    assert fetch_cache(handed).is_relative_to(tmp_path / "node-2")
+    # the same folder rewritten in the store with same-sized content: the node's copy follows
+    ckpt.save(folder, {"w": torch.ones(4)}, {"step": 2}, {"epoch": 2})
+    store.sync()
+    assert torch.equal(ckpt.load_weights(handed)["w"], torch.ones(4))
+    assert ckpt.load_meta(handed) == {"epoch": 2}
+    with pytest.raises(StorageError, match="no such folder in the store"):
+        ckpt.load_meta(f"{uri}/supernet/epoch_0009")
+
+
 def test_an_unreachable_store_is_one_line_naming_the_run_dir(tmp_path, monkeypatch):
     from tests.helpers.servers import S3_ENV, free_port
 

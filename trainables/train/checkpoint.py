@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from trainables.errors import UserInputError
+from trainables.storage import local_folder
 
 WEIGHTS = "supernet.pt"
 TRAIN_STATE = "train_state.pt"
@@ -48,15 +49,16 @@ def _load(path: Path) -> Any:
 
 
 def load_weights(folder: str | Path) -> dict[str, torch.Tensor]:
-    return _load(Path(folder) / WEIGHTS)
+    """`folder` may be an object-store URI (``trainables.storage.local_folder``)."""
+    return _load(local_folder(folder) / WEIGHTS)
 
 
 def load_train_state(folder: str | Path) -> dict[str, Any]:
-    return _load(Path(folder) / TRAIN_STATE)
+    return _load(local_folder(folder) / TRAIN_STATE)
 
 
 def load_meta(folder: str | Path) -> dict[str, Any]:
-    path = Path(folder) / META
+    path = local_folder(folder) / META
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
