@@ -251,7 +251,10 @@ def data_convert(
 
 
 # ---------------------------------------------------------------------------------- stages
-RunDirArg = Annotated[Path, typer.Argument(help="Run directory.", show_default=False)]
+# a str, not a Path: Path("s3://bucket/run") would collapse the URI's "//"
+RunDirArg = Annotated[
+    str, typer.Argument(help="Run directory (a path or an s3:// / gs:// URI).", show_default=False)
+]
 
 
 def _print_selection(selection: dict) -> None:
@@ -330,8 +333,11 @@ def run(
         Path | None, typer.Argument(help="Run config (YAML).", show_default=False)
     ] = None,
     resume: Annotated[
-        Path | None,
-        typer.Option(help="Continue the interrupted run in this directory (its config.yaml)."),
+        str | None,
+        typer.Option(
+            help="Continue the interrupted run in this directory or object-store URI "
+            "(its config.yaml)."
+        ),
     ] = None,
     set_: SetOpt = None,
     verbose: VerboseOpt = False,

@@ -43,6 +43,7 @@ from trainables.analysis.cka import cosine_matrix, linear_cka_matrix, mean_off_d
 from trainables.data import load_splits
 from trainables.data.splits import generator
 from trainables.evaluator import default_device
+from trainables.storage import is_remote
 
 ANALYSIS = "analyze-collapse"
 OUTPUT_DIR = ("analysis", "collapse")
@@ -239,6 +240,11 @@ def analyze_collapse(
         raise UserInputError(f"--subnets {subnets}: CKA compares subnets; allowed: 2 or more")
     if probe < 2:
         raise UserInputError(f"--probe {probe}: CKA needs several probe images; allowed: 2 or more")
+    if is_remote(str(run_dir)):
+        raise UserInputError(
+            f"{run_dir}: `raynas analyze collapse` reads a local run directory; copy the run "
+            "from the store first (e.g. `raynas report` fills the local mirror, see README)"
+        )
     run_path = Path(run_dir).resolve()
     if not (run_path / "config.yaml").is_file():
         raise UserInputError(f"{run_dir}: no config.yaml there; not a raynas run directory")
