@@ -32,7 +32,12 @@ def redact(text: Any) -> Any:
     if not isinstance(text, str):
         return text
     text = _USERINFO.sub(
-        lambda m: f"{m['scheme']}{m['user']}:{MASK}@" if m["pw"] != MASK else m[0], text
+        lambda m: (
+            m[0]
+            if m["pw"] == MASK or _VAR.fullmatch(m["pw"])
+            else f"{m['scheme']}{m['user']}:{MASK}@"
+        ),
+        text,
     )
     return _QUERY.sub(lambda m: f"{m['key']}{MASK}", text)
 

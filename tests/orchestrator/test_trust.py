@@ -86,6 +86,9 @@ def test_passwords_are_redacted_and_variables_expanded(monkeypatch):
     assert redact("postgresql://u:pw@h:5432/db") == "postgresql://u:***@h:5432/db"
     assert redact("http://h/x?token=abc&a=1") == "http://h/x?token=***&a=1"
     assert redact("sqlite:////tmp/study.db") == "sqlite:////tmp/study.db"
+    # a reference to the environment is no secret: it is saved as written, so a resume works
+    reference = "postgresql://u:${RAYNAS_TEST_PW}@h/db"
+    assert redact(reference) == reference
     monkeypatch.setenv("RAYNAS_TEST_PW", "pw")
     assert resolve("postgresql://u:${RAYNAS_TEST_PW}@h/db", "search.storage") == (
         "postgresql://u:pw@h/db"
