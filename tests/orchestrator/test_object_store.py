@@ -8,7 +8,9 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
@@ -19,6 +21,7 @@ from orchestrator.errors import ConfigError
 from orchestrator.files import remove, write_json_atomic
 from orchestrator.mirror import LEASE_FILE, Mirror, RunDirBusy
 from tests.helpers.configs import tiny_run
+from tests.helpers.postgres import postgres  # noqa: F401  (a fixture)
 from tests.helpers.servers import s3_server
 from tests.orchestrator.test_train_command import raynas  # noqa: F401  (a fixture)
 
@@ -226,23 +229,33 @@ def registered_in_store(uri: str, stage: str) -> str | None:
 
 
 @pytest.mark.slow
-def test_training_in_the_store_is_killed_and_resumed_on_another_machine(
+def test_a_run_in_the_store_is_killed_resumed_on_another_machine_and_exported(
     services,
+    postgres,  # noqa: F811
     tmp_path,
     monkeypatch,
     raynas,  # noqa: F811
 ):
-    from tests.orchestrator.test_supernet_stage import epochs_logged, make_config
+    """The whole pipeline with its data, run directory and MLflow artifacts in the store and its
+    study in PostgreSQL: killed during training on machine a, resumed from the store alone on
+    machine b (an empty mirror), and reported on machine c."""
+    import optuna
 
-    uri = "s3://raynas/runs/train"
-    data = make_config(uri, epochs=2)
-    data["data"] = {"name": "parquet", "root": DATA, "subset": {"train": 1024, "val": 512}}
-    data["tracking"] = {"uri": services, "experiment": "store"}
+    uri = "s3://raynas/runs/e2e"
+    data = tiny_run(
+        uri,
+        name="e2e",
+        data={"name": "parquet", "root": DATA, "subset": {"train": 1024, "val": 512, "test": 512}},
+        supernet={"epochs": 2},
+        search={"budget": 6, "storage": postgres.url(password="${PGPASSWORD}")},
+        tracking={"uri": services, "experiment": "store"},
+    )
+    monkeypatch.setenv("PGPASSWORD", postgres.password)
     path = tmp_path / "cfg.json"
     path.write_text(json.dumps(data))
     monkeypatch.setenv(mirror.CACHE_ENV, str(tmp_path / "machine-a"))
     log = open(tmp_path / "first.log", "w")
-    first = raynas("train", str(path), stdout=log, stderr=subprocess.STDOUT)
+    first = raynas("run", str(path), stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 600
     while registered_in_store(uri, "supernet") is None and first.poll() is None:
         assert time.monotonic() < deadline, "no checkpoint registered in the store in 600 s"
@@ -253,19 +266,42 @@ def test_training_in_the_store_is_killed_and_resumed_on_another_machine(
     log.close()
     assert "supernet/result.json" not in store_files(uri)  # not complete in the store
 
-    # another machine (an empty mirror) continues from what the store holds
     monkeypatch.setenv(mirror.CACHE_ENV, str(tmp_path / "machine-b"))
-    second = raynas("train", str(path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    output, _ = second.communicate(timeout=600)
+    second = raynas("run", "--resume", uri, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    output, _ = second.communicate(timeout=900)
     assert second.returncode == 0, output[-3000:]
     assert "[supernet] epoch 1/2" not in output and "[supernet] epoch 2/2" in output
     files = store_files(uri)
-    result = json.loads(files["supernet/result.json"])
-    assert [h["epoch"] for h in result["history"]] == [1, 2]
-    assert f"{result['checkpoint']}/supernet.pt" in files  # the weights are in the store
-    assert epochs_logged(services, result["mlflow_run_id"]) == [1, 2]
+    trained = json.loads(files["supernet/result.json"])
+    assert [h["epoch"] for h in trained["history"]] == [1, 2]
+    assert f"{trained['checkpoint']}/supernet.pt" in files  # the weights are in the store
+    import io
+
+    import pyarrow.parquet as pq
+
+    archive = pq.read_table(io.BytesIO(files["archive.parquet"])).to_pylist()
+    study = optuna.load_study(study_name="e2e", storage=postgres.url())
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(archive) == len(complete) == 6
+    assert len({row["arch_id"] for row in archive}) == 6
+    exported = json.loads(files["export/result.json"])
+    assert exported["models"] and all(
+        f"{model['path']}/model.safetensors" in files for model in exported["models"]
+    )
+    assert "report.md" in files and "report/result.json" in files
     artifacts = store_files("s3://raynas/mlflow")
     assert any(name.endswith("checkpoint/supernet.pt") for name in artifacts), sorted(artifacts)
-    # and the mirror of machine b is what the store holds
-    local = tmp_path / "machine-b" / "s3" / "raynas" / "runs" / "train"
-    assert json.loads((local / "supernet" / "result.json").read_text()) == result
+    assert postgres.password not in "".join(
+        content.decode(errors="replace") for content in files.values()
+    )
+
+    # a third machine reports from the store alone
+    monkeypatch.setenv(mirror.CACHE_ENV, str(tmp_path / "machine-c"))
+    third = subprocess.run(
+        [str(Path(sys.executable).with_name("raynas")), "report", uri],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert third.returncode == 0, third.stdout[-2000:] + third.stderr[-2000:]
+    local = tmp_path / "machine-c" / "s3" / "raynas" / "runs" / "e2e"
+    assert (local / "archive.parquet").read_bytes() == files["archive.parquet"]
+    assert "report.md" in third.stdout
