@@ -1,6 +1,6 @@
 # The two commands a newcomer runs (see README):
 #   make demo   - install, fetch the data, run the quickstart
-#   make test   - install, fetch the data, run the test suite
+#   make test   - install, fetch the data and PostgreSQL, run the test suite
 # Both create ./.venv on first use and reinstall only when setup.cfg/pyproject.toml change.
 
 PYTHON ?= python3
@@ -10,12 +10,12 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 PYTEST_ARGS ?=
 
-.PHONY: demo test install data lint lock clean
+.PHONY: demo test install data postgres lint lock clean
 
 demo: install data
 	$(BIN)/raynas run configs/quickstart.yaml
 
-test: install data
+test: install data postgres
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 install: $(VENV)/.installed
@@ -47,6 +47,15 @@ data:
 		echo "installing Fashion-MNIST (apt-get install dataset-fashion-mnist)"; \
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
 	else echo "no apt-get: Fashion-MNIST will be downloaded on first use"; fi
+
+# PostgreSQL for the tests of a shared study (tests/helpers/postgres.py starts a private server
+# with initdb/pg_ctl; it uses no system cluster); elsewhere those tests are skipped.
+postgres:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		echo "installing PostgreSQL (apt-get install postgresql)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq postgresql >/dev/null; \
+	else echo "no apt-get: the PostgreSQL tests are skipped unless initdb is on PATH"; fi
 
 lint: install
 	$(BIN)/ruff check .

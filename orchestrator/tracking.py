@@ -101,14 +101,7 @@ class Tracker:
         self.client = MlflowClient(tracking_uri=uri)
         mlflow.set_tracking_uri(uri)
         try:
-            found = self.client.get_experiment_by_name(experiment)
-            self.experiment_id = (
-                found.experiment_id
-                if found
-                else self.client.create_experiment(
-                    experiment, artifact_location=self._artifact_location()
-                )
-            )
+            self.experiment_id = self._experiment_id(experiment)
         except Exception as exc:  # any store/server failure here is a setup problem of the user's
             raise TrackingError(
                 f"tracking.uri={redact(uri)}: cannot open experiment {experiment!r}: "
@@ -124,6 +117,24 @@ class Tracker:
             )
             self.state = {"parent": run.info.run_id, "stages": {}}
             self._write_state()
+
+    def _experiment_id(self, experiment: str) -> str:
+        """The experiment's id, created when it does not exist yet. Drivers sharing a tracking
+        server may create it at the same moment: the one that loses the race uses the other's."""
+        from mlflow.exceptions import MlflowException
+
+        found = self.client.get_experiment_by_name(experiment)
+        if found is not None:
+            return found.experiment_id
+        try:
+            return self.client.create_experiment(
+                experiment, artifact_location=self._artifact_location()
+            )
+        except MlflowException as exc:
+            found = self.client.get_experiment_by_name(experiment)
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS" or found is None:
+                raise
+            return found.experiment_id
 
     def _artifact_location(self) -> str | None:
         """The embedded store keeps its artifacts in the run directory too; MLflow's default,

@@ -28,25 +28,33 @@ def constraint_of(search: SearchConfig, space: Any):
     return violation
 
 
-def sampler_seed(seed: int, trials_so_far: int) -> int:
-    """A resumed study gets a fresh seed stream, so it does not replay its first proposals."""
-    digest = hashlib.sha256(f"raynas-sampler:{seed}:{trials_so_far}".encode()).digest()
+def sampler_seed(seed: int, trials_so_far: int, salt: str = "") -> int:
+    """A resumed study gets a fresh seed stream, so it does not replay its first proposals;
+    `salt` (a driver's identity) gives drivers sharing one study streams of their own."""
+    text = f"raynas-sampler:{seed}:{trials_so_far}" + (f":{salt}" if salt else "")
+    digest = hashlib.sha256(text.encode()).digest()
     return int.from_bytes(digest[:4], "little")
 
 
 def make_sampler(
-    search: SearchConfig, space: Any, seed: int, trials_so_far: int = 0, constraint=None
+    search: SearchConfig,
+    space: Any,
+    seed: int,
+    trials_so_far: int = 0,
+    constraint=None,
+    salt: str = "",
 ):
     """The Optuna sampler of `search.strategy` for a study that already holds `trials_so_far`.
 
     Optuna's samplers draw from one seeded stream, which a resumed study would replay, so they
-    get a seed derived from (seed, trials so far); the evolution sampler seeds each trial from
-    (seed, trial number) itself, so a resumed evolution equals an uninterrupted one.
+    get a seed derived from (seed, trials so far, `salt`); the evolution sampler seeds each
+    trial from (seed, trial number) itself, so a resumed evolution equals an uninterrupted one
+    (and drivers sharing a study never share a trial number).
     """
     import optuna
 
     if search.strategy != "evolution":
-        seed = sampler_seed(seed, trials_so_far)
+        seed = sampler_seed(seed, trials_so_far, salt)
 
     if search.strategy == "nsga2":
         return optuna.samplers.NSGAIISampler(population_size=search.evolution.population, seed=seed)

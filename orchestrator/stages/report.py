@@ -124,13 +124,18 @@ def exported_lines(searched: dict[str, Any], exported: dict[str, Any]) -> list[s
 def search_lines(searched: dict[str, Any]) -> list[str]:
     evaluator = searched.get("evaluator", "supernet")
     scored = "val top-1 with inherited weights" if evaluator == "supernet" else "the space's table"
+    shared = (
+        f"by this driver, {searched['study_evaluated']} in the shared study "
+        if "study_evaluated" in searched
+        else ""
+    )
     return [
         "## Search",
         "",
         f"- strategy `{searched['strategy']}`, scored by {scored}; objectives: accuracy up, "
         f"{', '.join(searched['objectives'])} down",
         f"- {searched['evaluated']} candidates evaluated of a budget of {searched['budget']} "
-        f"({searched['rejected']} proposals rejected by the constraints, "
+        f"{shared}({searched['rejected']} proposals rejected by the constraints, "
         f"{searched['duplicates']} duplicates answered from the archive, {searched['failed']} failed trials)",
         f"- hypervolume (val top-1 x MFLOPs below the largest candidate): "
         f"{searched['hypervolume'] / 1e6:.1f}",
@@ -180,7 +185,62 @@ def training_lines(stage: str, trained: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
-def render(config: RaynasConfig, upstream: dict[str, dict[str, Any]], inputs) -> str:
+STUDY_ROWS = 50  # candidates listed in the study section; the rest are counted
+
+
+def study_lines(config: RaynasConfig, searched: dict[str, Any], run_dir: Any) -> list[str]:
+    """The whole study in `search.storage`, read now: every driver's evaluated candidates
+    (a shared study), per driver how many. One line instead when it cannot be read."""
+    import socket
+
+    import optuna
+
+    from orchestrator.search.searcher import driver_label
+    from orchestrator.stages.search import open_study, study_summary
+
+    name = searched["study"]
+    lines = [f"## Study `{name}` (every driver)", ""]
+    try:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.load_study(study_name=name, storage=open_study(config))
+        summary = study_summary(study.get_trials(deepcopy=False))
+    except Exception as exc:  # unreachable, password not exported, study gone: say so
+        first = (str(exc).strip().splitlines() or [""])[0]
+        return lines + [f"The study could not be read: {redact(first)}", ""]
+    here = driver_label({"host": socket.gethostname(), "run_dir": str(run_dir)})
+    drivers = summary["drivers"]
+    lines += [
+        f"{summary['evaluated']} candidates evaluated in the study (budget "
+        f"{config.search.budget}) by {len(drivers)} driver(s), {summary['running']} being "
+        f"evaluated now; `{redact(storage_url(config))}`.",
+        "",
+        "| driver (host:run directory) | evaluated | running |",
+        "|---|---|---|",
+    ]
+    for label, counts in sorted(drivers.items()):
+        mark = " (this run)" if label == here else ""
+        lines.append(f"| {label}{mark} | {counts['evaluated']} | {counts['running']} |")
+    lines += ["", "| trial | arch id | val top-1 % | MFLOPs | driver |", "|---|---|---|---|---|"]
+    trials = sorted(summary["trials"], key=lambda t: t.number)
+    for trial in trials[:STUDY_ROWS]:
+        attrs = trial.user_attrs
+        val = attrs.get("val_top1", trial.values[0] if trial.values else float("nan"))
+        label = driver_label(attrs.get("raynas.driver"))
+        lines.append(
+            f"| {trial.number} | {attrs['arch_id']} | {val:.2f} | "
+            f"{attrs.get('flops', 0) / 1e6:.2f} | {'this run' if label == here else label} |"
+        )
+    if len(trials) > STUDY_ROWS:
+        lines.append(f"| ... | {len(trials) - STUDY_ROWS} more in the study | | | |")
+    return lines + [""]
+
+
+def render(
+    config: RaynasConfig,
+    upstream: dict[str, dict[str, Any]],
+    inputs,
+    study: list[str] | None = None,
+) -> str:
     lines = [
         f"# raynas run `{config.name}`",
         "",
@@ -199,6 +259,7 @@ def render(config: RaynasConfig, upstream: dict[str, dict[str, Any]], inputs) ->
     search = upstream.get("search")
     if search is not None:
         lines += search_lines(search)
+    lines += study or []
     for stage, trained in upstream.items():
         if trained.get("history"):  # a training stage's result carries its per-epoch history
             lines += training_lines(stage, trained)
@@ -207,7 +268,11 @@ def render(config: RaynasConfig, upstream: dict[str, dict[str, Any]], inputs) ->
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    text = render(ctx.config, ctx.upstream, ctx.inputs)
+    searched = ctx.upstream.get("search")
+    study = None
+    if searched is not None and ctx.config.search.storage:  # a study other drivers may share
+        study = study_lines(ctx.config, searched, ctx.run_dir)
+    text = render(ctx.config, ctx.upstream, ctx.inputs, study)
     path = write_text_atomic(ctx.run_dir / REPORT, text)
     ctx.tracker.client.log_artifact(ctx.run_id, str(path))
     return {"report": ctx.rel(path)}

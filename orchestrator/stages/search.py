@@ -10,6 +10,15 @@ Rerunning continues: the study and the archive are reloaded, trials that were ru
 previous driver died are closed, and only the rest of the budget is evaluated. A search whose
 checkpoint, val split or space changed starts afresh (the engine moves the old archive aside)
 in a new study named after its fingerprint: a study is never continued over other inputs.
+
+With `search.storage` set, the study may be shared: several drivers (other machines, each
+with its own run directory and archive; same config, storage and study name) then evaluate
+`search.budget` candidates *together*, each arch once (the rule is in
+``orchestrator.search.searcher``); each archive holds what its own driver evaluated, and each
+driver's sampler seed also mixes in its host and run directory, so they propose different
+candidates. A driver closes only the RUNNING trials it can prove abandoned (see
+:func:`reconcile`). The storage survives a database restart of up to a minute
+(``orchestrator.search.storage``).
 """
 
 from __future__ import annotations
@@ -33,7 +42,16 @@ from orchestrator.search.pareto import (
     write_front,
 )
 from orchestrator.search.samplers import constraint_of, make_sampler
-from orchestrator.search.searcher import ArchSearch, metric_names
+from orchestrator.search.searcher import (
+    DRIVER_ATTR,
+    ArchSearch,
+    driver_identity,
+    driver_label,
+    driver_status,
+    is_claim,
+    metric_names,
+)
+from orchestrator.search.storage import RetryingRDBStorage, StudyStorageError
 from orchestrator.secrets import redact, resolve
 from orchestrator.stage import StageContext, StageSpec
 from orchestrator.tracking import Tracker, flatten
@@ -45,10 +63,6 @@ from trainables.train import checkpoint as ckpt
 STAGE = "search"
 STUDY_FILE = "study.db"
 FINGERPRINT_ATTR = "raynas.fingerprint"
-
-
-class StudyStorageError(UserInputError):
-    """The Optuna storage cannot be opened or does not fit the config."""
 
 
 def storage_url(config: RaynasConfig) -> str:
@@ -90,9 +104,8 @@ def external_checkpoint(supernet: str | Path) -> dict[str, Any]:
 
 
 def open_study(config: RaynasConfig, sampler: Any = None):
-    """The run's Optuna storage (its SQLite folder created); one line when it is unusable."""
-    import optuna
-
+    """The run's Optuna storage (its SQLite folder created); one line when it is unusable.
+    Once open, it waits out a database outage of up to a minute per call."""
     if config.remote and config.search.storage is None:
         raise StudyStorageError(
             f"run_dir={config.run_path!r} is in an object store, which cannot hold the search's "
@@ -103,7 +116,7 @@ def open_study(config: RaynasConfig, sampler: Any = None):
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     try:
-        storage = optuna.storages.RDBStorage(url)
+        storage = RetryingRDBStorage(url, shown_url=redact(storage_url(config)))
     except Exception as exc:  # SQLAlchemy/driver errors: unreachable server, missing driver, ...
         raise StudyStorageError(
             f"search.storage={redact(url)!r}: cannot open the Optuna storage ({type(exc).__name__}: "
@@ -113,22 +126,46 @@ def open_study(config: RaynasConfig, sampler: Any = None):
     return storage
 
 
-def reconcile(study: Any, archive: Archive, metrics: list[str]) -> int:
-    """Close trials a dead driver left RUNNING: evaluated ones (in the archive) are told their
-    archived values, the others are marked FAIL. Returns how many were closed."""
+def reconcile(
+    study: Any, archive: Archive, metrics: list[str], driver: dict[str, Any] | None = None
+) -> int:
+    """Close trials a driver that is gone left RUNNING: evaluated ones (in that driver's
+    archive) are told their archived values, the others are marked FAIL. Returns how many.
+
+    Without `driver` (a study only this run directory uses: its own SQLite file), every
+    RUNNING trial is such a leftover. With `driver` (a study other drivers may share), only
+    the trials it can prove abandoned: those of an earlier driver of the same run directory
+    on the same host (the run-dir lock says it is gone), and those of a driver on the same
+    host whose process no longer exists (closed from its run directory's archive). Trials of
+    drivers on other hosts, and trials that name no driver, may belong to a live driver and
+    are left alone: rerun the search in that driver's own run directory to close them."""
     from optuna.trial import TrialState
 
     closed = 0
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        books: Archive | None = archive
+        if driver is not None:
+            owner = trial.user_attrs.get(DRIVER_ATTR)
+            status = driver_status(owner, driver)
+            if status == "dead":
+                books = _archive_of(owner)
+            elif status != "own":
+                continue
         aid = trial.user_attrs.get("arch_id")
-        if trial.state == TrialState.WAITING:
-            continue  # enqueued, not started: the sampler will hand it out again
-        if aid is not None and aid in archive:
-            study.tell(trial.number, [archive.get(aid)[m] for m in metrics])
+        if books is not None and aid is not None and aid in books:
+            study.tell(trial.number, [books.get(aid)[m] for m in metrics])
         else:
             study.tell(trial.number, state=TrialState.FAIL)
         closed += 1
     return closed
+
+
+def _archive_of(driver: dict[str, Any]) -> Archive | None:
+    """The archive of another (dead) driver's run directory on this host, if readable."""
+    try:
+        return Archive.load(Path(driver["run_dir"]) / ARCHIVE_FILE)
+    except (OSError, KeyError, TypeError, UserInputError):
+        return None
 
 
 def check_study(study: Any, metrics: list[str], name: str, url: str) -> None:
@@ -243,7 +280,14 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if existing is not None:
         check_study(existing, metrics, name, storage_url(config))
     trials_so_far = len(existing.trials) if existing is not None else 0
-    sampler = make_sampler(search, space, config.seed, trials_so_far, constraint)
+    # a study in search.storage may be shared by drivers with this very config: each one's
+    # sampler gets its own seed stream (the evolution sampler seeds by trial number anyway)
+    shared = search.storage is not None
+    # an object-store run directory is named by its URI: its lease says an earlier driver of it
+    # is gone, on whichever host it ran
+    driver = driver_identity(config.run_path if config.remote else run_dir)
+    salt = driver_label(driver) if shared else ""
+    sampler = make_sampler(search, space, config.seed, trials_so_far, constraint, salt=salt)
 
     tracker: Tracker = ctx.tracker
     tracker.log_params(
@@ -268,17 +312,19 @@ def run(ctx: StageContext) -> dict[str, Any]:
         archive=archive,
         constraint=constraint,
         on_evaluated=progress,
+        budget=search.budget if shared else None,  # shared: counted over the whole study
+        driver=driver,
     )
     study = searcher.study
     study.set_user_attr(FINGERPRINT_ATTR, ctx.fingerprint)
     study.set_user_attr("raynas.checkpoint_sha256", trained.get("checkpoint_sha256"))
-    closed = reconcile(study, archive, metrics)
+    closed = reconcile(study, archive, metrics, driver if shared else None)
     if closed:
         print(f"[search] closed {closed} trials left running by an interrupted run", flush=True)
     if trials_so_far == 0 and search.seed_extremes:
         enqueue_extremes(study, space, constraint)
 
-    remaining = search.budget - len(archive)
+    remaining = searcher.remaining(search.budget)
     started = time.time()
     failed = 0
     latency = LatencyPlan()
@@ -312,12 +358,18 @@ def run(ctx: StageContext) -> dict[str, Any]:
             placement,
             latency,
         )
-    ok = len(archive) >= search.budget or searcher.exhausted
+    left = searcher.remaining(search.budget)
+    ok = left <= 0 or searcher.exhausted
+    if not archive.path.exists():  # other drivers of a shared study evaluated everything
+        archive.write()
     outcome = _finish(config, archive, searcher, trained, ctx, time.time() - started, failed, name)
     outcome["latency"] = latency.targets
+    if shared:
+        outcome["study_evaluated"] = study_summary(study.get_trials(deepcopy=False))["evaluated"]
     if not ok:
+        whole = f"the study holds {search.budget - left}" if shared else f"evaluated {len(archive)}"
         raise UserInputError(
-            f"search evaluated {len(archive)} of {search.budget} candidates ({failed} trials "
+            f"search {whole} of {search.budget} candidates ({failed} trials "
             f"failed; see {ctx.folder / 'tune'}); rerun to continue with the rest"
         )
     tracker.log_metrics(
@@ -388,15 +440,18 @@ def _tune(
     failed, rounds = 0, 0
     while True:
         before = len(searcher.archive)
+        left = searcher.remaining(search.budget)
+        if left <= 0:
+            break
         searcher.failed.clear()
         # a round after the first re-runs the candidates whose node died under them (enqueued
         # below, so the sampler proposes them first) and whatever else the budget still needs
         name = "tune" if rounds == 0 else f"tune-{rounds + 1}"
-        results = _tune_round(trainable, searcher, search.budget - before, search, folder / name)
+        results = _tune_round(trainable, searcher, left, search, folder / name)
         errors = [r for r in results if r.error is not None]
         failed += len(errors)
         rounds += 1
-        if not errors or len(searcher.archive) >= config.search.budget or searcher.exhausted:
+        if not errors or searcher.remaining(search.budget) <= 0 or searcher.exhausted:
             break
         lost = [r for r in errors if lost_node(r.error)]
         if len(lost) < len(errors) or len(searcher.archive) == before or rounds > MAX_LOST_ROUNDS:
@@ -464,7 +519,38 @@ def _tune_round(trainable: Any, searcher: ArchSearch, n: int, search: Any, folde
             failure_config=tune.FailureConfig(max_failures=search.max_trial_failures),
         ),
     )
-    return tuner.fit()
+    try:
+        return tuner.fit()
+    except Exception as exc:  # the study storage gave up inside Tune's loop: its one line
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, StudyStorageError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            raise cause from None
+        raise
+
+
+def study_summary(trials: list[Any]) -> dict[str, Any]:
+    """What a (shared) study holds: the evaluated and running candidates (distinct archs, the
+    lowest trial of each), per driver (``host:run_dir``) how many of each."""
+    from optuna.trial import TrialState
+
+    first: dict[str, Any] = {}
+    for trial in sorted(trials, key=lambda t: t.number):
+        if is_claim(trial):
+            first.setdefault(trial.user_attrs["arch_id"], trial)
+    drivers: dict[str, dict[str, int]] = {}
+    for trial in first.values():
+        label = driver_label(trial.user_attrs.get(DRIVER_ATTR))
+        counts = drivers.setdefault(label, {"evaluated": 0, "running": 0})
+        counts["evaluated" if trial.state == TrialState.COMPLETE else "running"] += 1
+    done = [t for t in first.values() if t.state == TrialState.COMPLETE]
+    return {
+        "evaluated": len(done),
+        "running": len(first) - len(done),
+        "trials": done,
+        "drivers": drivers,
+    }
 
 
 def _finish(

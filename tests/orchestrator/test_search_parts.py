@@ -3,6 +3,12 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+import threading
+import time
+
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -13,8 +19,8 @@ from orchestrator.search.archive import Archive, ArchiveError, encoded_of, make_
 from orchestrator.search.evolution import EvolutionSampler
 from orchestrator.search.pareto import dominates, hypervolume_2d, pareto_front
 from orchestrator.search.samplers import constraint_of, make_sampler, sampler_seed
-from orchestrator.search.searcher import ArchSearch
-from orchestrator.stages.search import lost_node, reconcile
+from orchestrator.search.searcher import DRIVER_ATTR, ArchSearch, driver_identity
+from orchestrator.stages.search import lost_node, reconcile, study_summary
 from search_spaces import build_space
 from tests.helpers.configs import SMALL_SPACE
 
@@ -39,14 +45,19 @@ def fake_metrics(space, arch) -> dict:
     }
 
 
-def make_search(space, tmp_path, constraint=None, sampler=None, **kwargs) -> ArchSearch:
+def make_search(
+    space, tmp_path, constraint=None, sampler=None, run: str = "", **kwargs
+) -> ArchSearch:
+    """A searcher on the study `s` in tmp_path/study.db; `run` names its own run directory
+    (archive) there, so several searchers are drivers sharing one study."""
+    (tmp_path / run).mkdir(exist_ok=True)
     return ArchSearch(
         space,
         objectives=["flops"],
         sampler=sampler or optuna.samplers.RandomSampler(seed=0),
         storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}"),
         study_name="s",
-        archive=Archive(tmp_path / "archive.parquet"),
+        archive=Archive(tmp_path / run / "archive.parquet"),
         constraint=constraint,
         **kwargs,
     )
@@ -175,6 +186,89 @@ def test_reconcile_closes_trials_a_dead_driver_left_running(tmp_path, space):
     closed = reconcile(search.study, search.archive, ["val_top1", "flops"])
     states = [t.state for t in search.study.trials]
     assert closed == 2 and states == [TrialState.COMPLETE, TrialState.FAIL]
+
+
+# ----------------------------------------------------- several drivers sharing one study
+def test_two_drivers_share_the_budget_and_never_evaluate_an_arch_twice(tmp_path, space):
+    a = make_search(space, tmp_path, run="a", budget=5)
+    b = make_search(space, tmp_path, run="b", budget=5, sampler=optuna.samplers.RandomSampler(1))
+    first = a.suggest("a0")  # running under a when b proposes the same arch
+    a.study.enqueue_trial(first)
+    b_first = b.suggest("b0")
+    copy = [t for t in b.study.trials if t.user_attrs.get("claimed_by") == 0]
+    assert b_first != first and len(copy) == 1 and copy[0].state == TrialState.PRUNED
+    a.on_trial_complete("a0", result=fake_metrics(space, space.decode(first)))
+    b.study.enqueue_trial(first)  # now evaluated by a: b answers it with a's values
+    b_second = b.suggest("b1")
+    dup = [t for t in b.study.trials if t.user_attrs.get("duplicate_of") == 0]
+    assert len(dup) == 1 and dup[0].values == a.study.trials[0].values
+    for search, tid, config in ((b, "b0", b_first), (b, "b1", b_second)):
+        search.on_trial_complete(tid, result=fake_metrics(space, space.decode(config)))
+    assert a.remaining(5) == b.remaining(5) == 2  # counted over the study, not the archive
+    assert run_trials(a, space, 1) and run_trials(b, space, 5)  # b gets one, then FINISHED
+    assert a.suggest("late") == Searcher.FINISHED and a.budget_met()
+    ids = [{r["arch_id"] for r in s.archive.rows} for s in (a, b)]
+    assert len(ids[0]) == 2 and len(ids[1]) == 3 and not ids[0] & ids[1]
+    summary = study_summary(a.study.get_trials())
+    assert summary["evaluated"] == 5 and summary["running"] == 0
+    assert sorted(c["evaluated"] for c in summary["drivers"].values()) == [2, 3]
+
+
+def test_a_driver_waits_for_a_lower_trial_still_being_decided(tmp_path, space):
+    b = make_search(space, tmp_path, run="b", budget=5)
+    lower = b.study.ask(fixed_distributions=b._space)  # another driver's, still sampling
+    lower.set_user_attr(DRIVER_ATTR, {"host": "elsewhere", "pid": 1, "run_dir": "/r"})
+    b.study.enqueue_trial(lower.params)  # b's next proposal: the same arch
+    aid = space.arch_id(space.decode(lower.params))
+
+    def decide_later():  # once b has its own trial, the other driver claims the arch
+        deadline = time.monotonic() + 30
+        while len(b.study.get_trials()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        lower.set_user_attr("arch_id", aid)
+
+    other = threading.Thread(target=decide_later)
+    other.start()
+    config = b.suggest("b0")
+    other.join()
+    assert space.arch_id(space.decode(config)) != aid
+    assert b.study.trials[1].user_attrs["claimed_by"] == 0  # the lower number won
+
+    # one that stays undecided (its driver died mid-ask on another host) stops being waited for
+    stale = b.study.ask(fixed_distributions=b._space)
+    b.claim_wait = 0.3
+    started = time.monotonic()
+    assert b.suggest("b1") not in (None, Searcher.FINISHED)
+    assert 0.3 <= time.monotonic() - started < 10 and "arch_id" not in stale.user_attrs
+
+
+def test_reconcile_in_a_shared_study_closes_only_provably_abandoned_trials(tmp_path, space):
+    search = make_search(space, tmp_path, run="me")
+    me = driver_identity(tmp_path / "me")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    host = socket.gethostname()
+    owners = {
+        "own": {**me, "pid": me["pid"] + 1},  # an earlier driver of this run dir
+        "dead": {"host": host, "pid": int(gone.stdout), "run_dir": str(tmp_path / "x")},
+        "remote": {"host": "another-host", "pid": 1, "run_dir": str(tmp_path / "me")},
+        "live": {"host": host, "pid": me["pid"], "run_dir": str(tmp_path / "y")},
+        "unknown": None,
+    }
+    for owner in owners.values():
+        trial = search.study.ask(fixed_distributions=search._space)
+        if owner is not None:
+            trial.set_user_attr(DRIVER_ATTR, owner)
+    closed = reconcile(search.study, search.archive, ["val_top1", "flops"], me)
+    states = [t.state for t in search.study.trials]
+    assert closed == 2
+    assert states == [TrialState.FAIL, TrialState.FAIL] + [TrialState.RUNNING] * 3
+    assert reconcile(search.study, search.archive, ["val_top1", "flops"]) == 3  # not shared
+
+
+def test_drivers_sharing_a_study_get_seed_streams_of_their_own():
+    assert sampler_seed(0, 0, "host:/a") != sampler_seed(0, 0, "host:/b")
+    assert sampler_seed(0, 0, "") == sampler_seed(0, 0)
 
 
 # ---------------------------------------------------------------------------------- samplers
