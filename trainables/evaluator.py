@@ -9,8 +9,9 @@ BatchNorm. A supernet with BatchNorm layers (cell spaces) holds running statisti
 every subnet it trained, so before scoring an arch the evaluator lets the supernet re-estimate
 them for that arch (``Supernet.recalibrate``) on a small FIXED slice of the TRAIN split: the
 first ``recalibration_batches x batch_size`` train images, loaded once per worker, the same for
-every arch. It costs that many forward passes per arch. A supernet without BatchNorm (the ViT
-family) skips it: no train images are loaded and its scores are unchanged.
+every arch (only those are kept; with a streamed dataset, only those rows are read). It
+costs that many forward passes per arch. A supernet without BatchNorm (the ViT family)
+skips it: no train images are loaded and its scores are unchanged.
 
 Tables. With ``evaluator="table"`` a :class:`TableEvaluator` answers instead: the space's
 tabular benchmark (``SearchSpace.tabular_benchmark``, NAS-Bench-201's CIFAR-10 table) gives
@@ -73,7 +74,9 @@ class Evaluator:
         self.supernet = supernet.to(self.device).eval()
         recalibrate = self.supernet.has_batchnorm() and spec.recalibration_batches > 0
         wanted = ("train", "val") if recalibrate else ("val",)
-        splits = load_splits(spec.data, wanted, purpose=spec.purpose)
+        # of train only the recalibration slice is kept (and, streamed, read)
+        slice_size = spec.recalibration_batches * spec.batch_size
+        splits = load_splits(spec.data, wanted, purpose=spec.purpose, first={"train": slice_size})
         check_data_fits_space(splits, self.space)
         self.splits = splits  # what was read (val, and train when BatchNorm is recalibrated)
         self.val = splits.split("val")

@@ -30,11 +30,12 @@ from orchestrator.runtime import check_placement, ensure_ray, place
 from orchestrator.stage import StageContext, StageSpec
 from orchestrator.tracking import Tracker, flatten
 from search_spaces import build_space
-from trainables.data import load_splits
+from trainables.data.splits import open_splits
+from trainables.data.stream import describe
 from trainables.supernets import base_of, build_supernet, dense_state
 from trainables.train import checkpoint as ckpt
 from trainables.train.config import SupernetTrainConfig
-from trainables.train.loop import WorkerSpec, check_data_fits_space, train_worker
+from trainables.train.loop import WorkerSpec, check_data_fits_space, train_worker, trainer_data
 
 STAGE = "supernet"
 SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of registered checkpoints
@@ -172,13 +173,14 @@ def file_sha256(path: Path) -> str:
 
 def preflight(config: RaynasConfig, plan: TrainingPlan):
     """Everything that can be checked on the driver, before any worker starts; returns the
-    train and val splits (for the MLflow dataset record)."""
+    train and val splits (for the MLflow dataset record): in memory, or, where data.loader
+    resolves to stream, a plan from the parquet metadata and a bounded sample."""
     space = build_space(**plan.space_spec(config))
     # an arch of another space fails here, before any worker starts
     arch = space.from_json(plan.arch) if plan.arch is not None else None
     # mixed (selector) training reads TRAIN only; so does its pre-flight
     wanted = ("train",) if plan.train.sampling == "mixed" else ("train", "val")
-    splits = load_splits(config.data, wanted, purpose=f"{plan.stage}-preflight")
+    splits = open_splits(config.data, wanted, purpose=f"{plan.stage}-preflight")
     check_data_fits_space(splits, space)
     if plan.train.sampling == "mixed" and not build_supernet(space).selector_parameters():
         raise UserInputError(
@@ -233,11 +235,15 @@ def run_training(ctx: StageContext, plan: TrainingPlan) -> dict[str, Any]:
     run_id = ctx.run_id
     tracker.log_dataset(run_id, splits, config.data, context="train")
     tracker.log_params(run_id, flatten(plan.params))
+    tracker.log_params(run_id, flatten({"data_read": describe(splits)}))
     logged = backfill_history(tracker, run_id, registered_checkpoint(run_dir, stage))
     resources = plan.resources
     placement = place(config, stage, resources, training=True)
     local = ensure_ray(config.ray)
     check_placement(config, placement, resources.workers, local)
+    stream, ingest = trainer_data(
+        splits, plan.train, config.seed, resources.workers * resources.cpus_per_worker
+    )
 
     spec = WorkerSpec(
         train=plan.train,
@@ -252,6 +258,7 @@ def run_training(ctx: StageContext, plan: TrainingPlan) -> dict[str, Any]:
         freeze_base=plan.freeze_base,
         arch=plan.arch,
         dense=mirror.for_workers(plan.dense),
+        stream=stream,
     )
     trainer = TorchTrainer(
         train_worker,
@@ -264,6 +271,7 @@ def run_training(ctx: StageContext, plan: TrainingPlan) -> dict[str, Any]:
             checkpoint_config=CheckpointConfig(num_to_keep=plan.keep_checkpoints),
             callbacks=[EpochLogger(tracker.uri, run_id, logged)],
         ),
+        **ingest,
     )
     try:
         result = trainer.fit()
@@ -285,6 +293,7 @@ def run_training(ctx: StageContext, plan: TrainingPlan) -> dict[str, Any]:
         "standalone": plan.arch is not None,  # the weights of one arch's network, not a supernet
         "history": meta["history"],
         "space": plan.space_spec(config),
+        "data": describe(splits),  # loader, normalisation and the sample it came from
         "placement": {"where": placement.where(), "ranks": meta.get("placement", [])},
         "metrics": result.metrics,
         "mlflow_run_id": run_id,

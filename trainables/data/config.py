@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Normalization = Literal["data", "imagenet", "none", "custom"]
+Loader = Literal["memory", "stream", "auto"]
 
 
 class SubsetConfig(BaseModel):
@@ -21,6 +22,32 @@ class SubsetConfig(BaseModel):
     train: int | None = Field(None, ge=1, description="images kept from the train split")
     val: int | None = Field(None, ge=1, description="images kept from the val split")
     test: int | None = Field(None, ge=1, description="images kept from the test split")
+
+
+class StreamConfig(BaseModel):
+    """How `loader: stream` feeds the training workers (Ray Data; see `trainables/data/stream.py`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    above_gib: float = Field(
+        4.0,
+        gt=0,
+        description="loader=auto streams when the decoded images of the parquet files (what the "
+        "memory loader would hold in every process) exceed this many GiB",
+    )
+    shuffle_buffer: int = Field(
+        4096,
+        ge=1,
+        description="rows in each training worker's seeded local shuffle buffer (on top of the "
+        "per-epoch shuffled row-group order)",
+    )
+    block_rows: int = Field(1024, ge=1, description="rows per Ray Data block")
+    decode_cpus: float = Field(
+        1.0,
+        gt=0,
+        description="CPUs each Ray Data read/decode task reserves; the cluster needs at least this "
+        "many beside the training workers' CPUs",
+    )
 
 
 class DataConfig(BaseModel):
@@ -55,6 +82,19 @@ class DataConfig(BaseModel):
     )
     mean: tuple[float, ...] | None = Field(None, description="per-channel mean for `custom`")
     std: tuple[float, ...] | None = Field(None, description="per-channel std for `custom`")
+    stats_images: int = Field(
+        10000,
+        ge=1,
+        description="normalize=data: mean/std from a seeded sample of this many train images "
+        "(all of them when the split is smaller); the same sample in both loaders",
+    )
+    loader: Loader = Field(
+        "auto",
+        description="memory: every process decodes its splits into RAM; stream: training reads "
+        "the parquet files through Ray Data shards (the `parquet` dataset only); auto: stream "
+        "when the decoded parquet data exceeds stream.above_gib, else memory",
+    )
+    stream: StreamConfig = Field(default_factory=StreamConfig)
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:

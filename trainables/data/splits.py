@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
 import torch
@@ -24,16 +24,21 @@ from trainables.data.tensors import (
     IMAGENET_STD,
     ImageTensorDataset,
     RawDataset,
-    channel_stats,
     convert_channels,
+    pixel_sums,
     resize,
+    stats_from_sums,
 )
 from trainables.errors import DataError
 
 SPLITS = ("train", "val", "test")
 ACCESS_LOG_ENV = "RAYNAS_SPLIT_ACCESS_LOG"
-"""When set, a file that every materialised split is recorded in (one JSON line per split and
-load, with the caller's purpose and pid): how tests prove the search never reads the test split."""
+"""When set, a file that every split access is recorded in (one JSON line per split and load,
+with the caller's purpose, pid, `access` and the number of `images` decoded): how tests prove the
+search never reads the test split, and that a streaming pre-flight materialises no split.
+`access` is `materialised` (decoded into this process's memory), `metadata` (parquet footers and
+at most a bounded sample; the streaming pre-flight) or `stream` (read through Ray Data shards)."""
+STREAMABLE = frozenset({"parquet"})  # the datasets `data.loader: stream` can read
 
 
 class SplitNotLoadedError(RuntimeError):
@@ -50,6 +55,8 @@ class DatasetSplits:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     origin: str
+    loader: str = "memory"  # how the splits are read: memory (these tensors) or stream
+    stats_images: int = 0  # train images the normalisation statistics came from (0: not data)
 
     @property
     def num_classes(self) -> int:
@@ -108,13 +115,20 @@ def _subset(indices: torch.Tensor, size: int | None, seed: int, split: str) -> t
     return indices[pick.sort().values]
 
 
+def test_carve(
+    n: int, config: DataConfig, default_test_size: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kept, test) positions of a dataset of `n` train images that ships no test split."""
+    size = config.test_size if config.test_size is not None else default_test_size
+    count = resolve_count(size, n, "test_size")
+    return carve(n, count, generator(config.split_seed, "test"))
+
+
 def with_test_split(raw: RawDataset, config: DataConfig, default_test_size: float) -> RawDataset:
     """`raw` itself if it has a test split, else `raw` with a seeded test carve-out."""
     if raw.test_images is not None:
         return raw
-    size = config.test_size if config.test_size is not None else default_test_size
-    count = resolve_count(size, len(raw.train_labels), "test_size")
-    pool, test = carve(len(raw.train_labels), count, generator(config.split_seed, "test"))
+    pool, test = test_carve(len(raw.train_labels), config, default_test_size)
     return replace(
         raw,
         train_images=raw.train_images[pool],
@@ -122,6 +136,42 @@ def with_test_split(raw: RawDataset, config: DataConfig, default_test_size: floa
         test_images=raw.train_images[test],
         test_labels=raw.train_labels[test],
     )
+
+
+def split_positions(n_pool: int, n_test: int, config: DataConfig) -> dict[str, torch.Tensor]:
+    """Positions of each split in its pool: train and val in the `n_pool` train images (after
+    any test carve-out), test in the `n_test` test images; subsets applied. Computed from the
+    counts alone, so every loader selects exactly the same images."""
+    default_val_size = get_source(config.name).default_val_size
+    val_size = config.val_size if config.val_size is not None else default_val_size
+    count = resolve_count(val_size, n_pool, "val_size")
+    train_idx, val_idx = carve(n_pool, count, generator(config.split_seed, "val"))
+    return {
+        "train": _subset(train_idx, config.subset.train, config.split_seed, "train"),
+        "val": _subset(val_idx, config.subset.val, config.split_seed, "val"),
+        "test": _subset(torch.arange(n_test), config.subset.test, config.split_seed, "test"),
+    }
+
+
+def stats_positions(n_train: int, config: DataConfig) -> torch.Tensor:
+    """Sorted positions (in the train split) of the seeded sample whose statistics normalise
+    every split under ``normalize: data``: `data.stats_images` of them, or all."""
+    if n_train <= config.stats_images:
+        return torch.arange(n_train)
+    pick = torch.randperm(n_train, generator=generator(config.split_seed, "stats"))
+    return pick[: config.stats_images].sort().values
+
+
+def head(
+    indices: dict[str, torch.Tensor], first: Mapping[str, int] | None
+) -> dict[str, torch.Tensor]:
+    """Each split's first ``first[split]`` images (all where `first` names no limit)."""
+    if not first:
+        return indices
+    unknown = sorted(set(first) - set(SPLITS))
+    if unknown:
+        raise ValueError(f"first={dict(first)}: unknown split(s) {unknown}; allowed {SPLITS}")
+    return {s: idx[: first[s]] if s in first else idx for s, idx in indices.items()}
 
 
 def prepare_images(images: torch.Tensor, config: DataConfig) -> torch.Tensor:
@@ -143,75 +193,140 @@ def load_raw(config: DataConfig) -> RawDataset:
     return with_test_split(source.load(config), config, source.default_test_size)
 
 
-def record_access(splits: Iterable[str], purpose: str) -> None:
-    """Append the materialised splits to ``$RAYNAS_SPLIT_ACCESS_LOG`` when it is set."""
+def resolve_loader(config: DataConfig) -> str:
+    """`memory` or `stream`: what `data.loader` means for this dataset (auto: stream when the
+    decoded parquet data would exceed `data.stream.above_gib`; reads footers and one image)."""
+    if config.loader == "memory":
+        return "memory"
+    if config.name not in STREAMABLE:
+        if config.loader == "stream":
+            raise DataError(
+                f"data.loader=stream reads parquet files, and data.name={config.name!r} is not "
+                "parquet; allowed: memory or auto, or convert it (`raynas data convert`) and use "
+                "data.name: parquet"
+            )
+        return "memory"
+    if config.loader == "stream":
+        return "stream"
+    from trainables.data.stream import decoded_bytes
+
+    return "stream" if decoded_bytes(config) > config.stream.above_gib * 2**30 else "memory"
+
+
+def record_access(
+    splits: Iterable[str],
+    purpose: str,
+    access: str = "materialised",
+    images: Mapping[str, int] | None = None,
+) -> None:
+    """Append the accessed splits to ``$RAYNAS_SPLIT_ACCESS_LOG`` when it is set."""
     path = os.environ.get(ACCESS_LOG_ENV)
     if not path:
         return
     with open(path, "a", encoding="utf-8") as log:
         for split in splits:
-            entry = {"split": split, "purpose": purpose, "pid": os.getpid(), "time": time.time()}
+            entry = {
+                "split": split,
+                "purpose": purpose,
+                "pid": os.getpid(),
+                "time": time.time(),
+                "access": access,
+                "images": (images or {}).get(split),
+            }
             log.write(json.dumps(entry) + "\n")
+
+
+def _wanted(splits: Iterable[str]) -> tuple[str, ...]:
+    wanted = tuple(splits)
+    unknown = sorted(set(wanted) - set(SPLITS))
+    if unknown or not wanted:
+        raise ValueError(f"splits={wanted}: allowed a non-empty subset of {SPLITS}")
+    return wanted
 
 
 def load_splits(
     config: DataConfig,
     splits: Iterable[str] = SPLITS,
     purpose: str = "unspecified",
+    first: Mapping[str, int] | None = None,
 ) -> DatasetSplits:
     """Load `config.name` and return the requested splits as in-memory tensors.
 
     Splits not in `splits` are None and never materialised, so a search that asks for
     ``("val",)`` cannot read the test split. `purpose` names the caller in the access log.
-    The train split's statistics still normalise every split (``normalize: data``).
+    `first` keeps only the first images of the named splits (e.g. ``{"train": 512}``).
+    The train split's statistics still normalise every split (``normalize: data``), from the
+    seeded sample of :func:`stats_positions`.
+
+    Where `data.loader` resolves to `stream`, only the rows of the requested splits (and the
+    statistics sample) are read from the parquet files: the same images, decoded the same way.
     """
-    wanted = tuple(splits)
-    unknown = sorted(set(wanted) - set(SPLITS))
-    if unknown or not wanted:
-        raise ValueError(f"splits={wanted}: allowed a non-empty subset of {SPLITS}")
+    wanted = _wanted(splits)
+    if resolve_loader(config) == "stream":
+        from trainables.data.stream import materialise
+
+        return materialise(config, wanted, purpose, first)
     raw = load_raw(config)
-    default_val_size = get_source(config.name).default_val_size
-    val_size = config.val_size if config.val_size is not None else default_val_size
-    count = resolve_count(val_size, len(raw.train_labels), "val_size")
-    train_idx, val_idx = carve(len(raw.train_labels), count, generator(config.split_seed, "val"))
     assert raw.test_labels is not None and raw.test_images is not None
-    indices = {
-        "train": _subset(train_idx, config.subset.train, config.split_seed, "train"),
-        "val": _subset(val_idx, config.subset.val, config.split_seed, "val"),
-        "test": _subset(
-            torch.arange(len(raw.test_labels)), config.subset.test, config.split_seed, "test"
-        ),
-    }
+    full = split_positions(len(raw.train_labels), len(raw.test_labels), config)
+    indices = head(full, first)
     pools = {
         "train": (raw.train_images, raw.train_labels),
         "val": (raw.train_images, raw.train_labels),
         "test": (raw.test_images, raw.test_labels),
     }
-    needed = set(wanted) | ({"train"} if config.normalize == "data" else set())
-    images = {
-        split: prepare_images(pools[split][0][idx], config)
-        for split, idx in indices.items()
-        if split in needed
-    }
-    mean, std = _normalisation(config, images.get("train", images[wanted[0]]))
+    images = {split: prepare_images(pools[split][0][indices[split]], config) for split in wanted}
+    channels = images[wanted[0]].shape[1]
+
+    def sample() -> tuple[int, list[int], list[int]]:
+        chosen = stats_positions(len(full["train"]), config)
+        if "train" in images and len(images["train"]) == len(full["train"]):
+            return pixel_sums(images["train"][chosen])  # prepared already
+        return pixel_sums(prepare_images(raw.train_images[full["train"][chosen]], config))
+
+    mean, std = normalisation(config, channels, sample)
     datasets = {
         split: ImageTensorDataset(images[split], pools[split][1][idx], mean, std, indices=idx)
         if split in wanted
         else None
         for split, idx in indices.items()
     }
-    record_access(wanted, purpose)
+    record_access(wanted, purpose, "materialised", {s: len(images[s]) for s in wanted})
     return DatasetSplits(
-        name=config.name, classes=raw.classes, mean=mean, std=std, origin=raw.origin, **datasets
+        name=config.name,
+        classes=raw.classes,
+        mean=mean,
+        std=std,
+        origin=raw.origin,
+        loader="memory",
+        stats_images=stats_count(len(full["train"]), config),
+        **datasets,
     )
 
 
-def _normalisation(
-    config: DataConfig, train_images: torch.Tensor
+def open_splits(config: DataConfig, splits: Iterable[str] = SPLITS, purpose: str = "unspecified"):
+    """What a driver needs before training: the in-memory splits (:func:`load_splits`), or,
+    where `data.loader` resolves to `stream`, a :class:`~trainables.data.stream.StreamSplits`
+    plan read from the parquet footers and a bounded sample (no split is materialised)."""
+    wanted = _wanted(splits)
+    if resolve_loader(config) == "stream":
+        from trainables.data.stream import plan_splits
+
+        return plan_splits(config, wanted, purpose)
+    return load_splits(config, wanted, purpose)
+
+
+def stats_count(n_train: int, config: DataConfig) -> int:
+    return min(n_train, config.stats_images) if config.normalize == "data" else 0
+
+
+def normalisation(
+    config: DataConfig, channels: int, sample: Callable[[], tuple[int, list[int], list[int]]]
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    channels = train_images.shape[1]
+    """The mean/std `config.normalize` asks for; `sample()` gives the :func:`pixel_sums` of
+    the statistics sample (only called for ``normalize: data``)."""
     if config.normalize == "data":
-        return channel_stats(train_images)
+        return stats_from_sums(*sample())
     if config.normalize == "none":
         return (0.0,) * channels, (1.0,) * channels
     if config.normalize == "imagenet":

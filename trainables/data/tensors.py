@@ -59,6 +59,23 @@ def _check_pair(images: torch.Tensor, labels: torch.Tensor, split: str) -> None:
         )
 
 
+class Normalizer:
+    """uint8 `[B, C, H, W]` -> float32 `(x / 255 - mean) / std`, the same op for every loader."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        if len(mean) != len(std):
+            raise ValueError(f"mean has {len(mean)} values but std has {len(std)}")
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        # (x / 255 - mean) / std == x * scale + shift: one fused op per batch after the cast
+        std_t = torch.tensor(self.std, dtype=torch.float32).view(1, -1, 1, 1)
+        self._scale = 1.0 / (255.0 * std_t)
+        self._shift = -torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1) / std_t
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self._shift, images.float(), self._scale)
+
+
 class ImageTensorDataset(torch.utils.data.Dataset):
     """A map-style dataset over uint8 images that normalises on access.
 
@@ -81,19 +98,15 @@ class ImageTensorDataset(torch.utils.data.Dataset):
         self.labels = labels
         # indices of these images in the source split they were carved from (for provenance)
         self.indices = indices if indices is not None else torch.arange(len(labels))
-        self.mean = tuple(float(m) for m in mean)
-        self.std = tuple(float(s) for s in std)
-        # (x / 255 - mean) / std == x * scale + shift: one fused op per batch after the cast
-        std_t = torch.tensor(self.std, dtype=torch.float32).view(1, -1, 1, 1)
-        self._scale = 1.0 / (255.0 * std_t)
-        self._shift = -torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1) / std_t
+        self._normalizer = Normalizer(mean, std)
+        self.mean, self.std = self._normalizer.mean, self._normalizer.std
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 `[B, C, H, W]` -> normalised float32."""
-        return torch.addcmul(self._shift, images.float(), self._scale)
+        return self._normalizer(images)
 
     def batch(self, index: torch.Tensor | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """The normalised images and labels at `index`, as two batched tensors."""
@@ -142,18 +155,37 @@ def convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
     raise ValueError(f"cannot convert {have}-channel images to {channels} channels")
 
 
-def channel_stats(
-    images: torch.Tensor, chunk: int = 8192
-) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of uint8 images, in [0, 1] units (float64 accumulation)."""
+def pixel_sums(images: torch.Tensor, chunk: int = 8192) -> tuple[int, list[int], list[int]]:
+    """(pixels per channel, per-channel sum, per-channel sum of squares) of uint8 images, as
+    exact integers: added up in any order or chunking they give the same statistics."""
     channels = images.shape[1]
-    total = torch.zeros(channels, dtype=torch.float64)
-    total_sq = torch.zeros(channels, dtype=torch.float64)
+    total = torch.zeros(channels, dtype=torch.int64)
+    total_sq = torch.zeros(channels, dtype=torch.int64)
     for start in range(0, images.shape[0], chunk):
-        part = images[start : start + chunk].to(torch.float64).div_(255.0)
+        part = images[start : start + chunk].to(torch.int64)
         total += part.sum(dim=(0, 2, 3))
         total_sq += part.square().sum(dim=(0, 2, 3))
     count = images.shape[0] * images.shape[2] * images.shape[3]
-    mean = total / count
-    std = (total_sq / count - mean.square()).clamp_min(1e-12).sqrt()
-    return tuple(mean.tolist()), tuple(std.tolist())
+    return count, total.tolist(), total_sq.tolist()
+
+
+def stats_from_sums(
+    count: int, total: Sequence[int], total_sq: Sequence[int]
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std in [0, 1] units from :func:`pixel_sums` (exact until the last
+    division, so both loaders give bit-identical statistics)."""
+    if count == 0:
+        raise ValueError("no pixels to compute statistics from")
+    mean = tuple(t / (255.0 * count) for t in total)
+    # var * (255 count)^2 = count * sum(x^2) - sum(x)^2, exactly in integers
+    var = tuple(
+        max(count * q - t * t, 0) / (255.0 * count) ** 2
+        for t, q in zip(total, total_sq, strict=True)
+    )
+    std = tuple(max(v, 1e-12) ** 0.5 for v in var)
+    return mean, std
+
+
+def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images, in [0, 1] units."""
+    return stats_from_sums(*pixel_sums(images))

@@ -33,14 +33,25 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import Subset
 
 from search_spaces import Supernet, arch_id, build_space
 from trainables.data import DataConfig, load_splits
-from trainables.data.splits import carve, generator
+from trainables.data.splits import carve, generator, record_access
+from trainables.data.stream import StreamInfo, StreamSplits
+from trainables.data.tensors import Normalizer
 from trainables.errors import DataError
 from trainables.supernets import base_of, build_supernet, dense_state, load_teacher
 from trainables.train import checkpoint as ckpt
+from trainables.train.batches import (
+    Cycle,
+    EpochBatches,
+    EvalBatches,
+    MemoryBatches,
+    MemoryEval,
+    StreamBatches,
+    StreamEval,
+)
 from trainables.train.config import SupernetTrainConfig
 from trainables.train.distill import training_loss
 from trainables.train.sampling import eval_archs, step_archs
@@ -65,6 +76,9 @@ class WorkerSpec:
     # model folder of the dense model (FLORA's pretrain output): a fresh supernet inherits its
     # weights (Supernet.inherit) and, with distill.weight > 0, it is the frozen teacher
     dense: str | None = None
+    # data.loader resolved to stream: the Ray Train dataset shards' sizes and normalisation;
+    # None: every worker loads its splits into memory
+    stream: StreamInfo | None = None
 
     def build_space(self):
         return build_space(
@@ -134,8 +148,123 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.float16 if precision == "fp16" else torch.bfloat16
 
 
-def shard(dataset: Dataset, rank: int, world: int) -> list[int]:
-    return list(range(rank, len(dataset), world))
+@dataclass
+class WorkerData:
+    """A worker's data, read through one interface whatever the loader."""
+
+    splits: Any  # DatasetSplits or StreamInfo: name, image_shape, num_classes
+    train: EpochBatches  # the weights' batches
+    selector: EpochBatches | None  # bi-level: the selector's carve-out of TRAIN
+    val: EvalBatches | None  # None in mixed sampling (val is never read)
+
+
+def worker_data(spec: WorkerSpec, rank: int, world: int, per_worker: int) -> WorkerData:
+    """Load (memory) or attach to (stream) this rank's data; mixed training reads TRAIN only."""
+    cfg = spec.train
+    wanted = ("train",) if cfg.sampling == "mixed" else ("train", "val")
+    if spec.stream is None:
+        splits = load_splits(spec.data, wanted, purpose=spec.stage)
+        weight_part, selector_part = selector_carve_out(
+            len(splits.train), cfg, spec.data.split_seed
+        )
+        weight_data = Subset(splits.train, weight_part) if selector_part else splits.train
+        selector = None
+        if selector_part:
+            selector_data = Subset(splits.train, selector_part)
+            selector = MemoryBatches(selector_data, rank, world, per_worker, spec.seed + 1)
+        return WorkerData(
+            splits,
+            MemoryBatches(weight_data, rank, world, per_worker, spec.seed),
+            selector,
+            MemoryEval(splits.val, rank, world, cfg.eval_batch_size) if "val" in wanted else None,
+        )
+    import ray.train
+
+    info = spec.stream
+    record_access(wanted, spec.stage, "stream")
+    normalize = Normalizer(info.mean, info.std)
+
+    def batches(name: str, seed: int) -> StreamBatches:
+        return StreamBatches(
+            ray.train.get_dataset_shard(name),
+            info.sizes[name],
+            rank,
+            world,
+            per_worker,
+            seed,
+            normalize,
+            info.shuffle_buffer,
+            name,
+        )
+
+    return WorkerData(
+        info,
+        batches("train", spec.seed),
+        batches("selector", spec.seed + 1) if "selector" in info.sizes else None,
+        StreamEval(
+            ray.train.get_dataset_shard("val"), info.sizes["val"], cfg.eval_batch_size, normalize
+        )
+        if "val" in info.sizes
+        else None,
+    )
+
+
+def stream_ingest(
+    splits: StreamSplits, cfg: SupernetTrainConfig, seed: int, train_cpus: float
+) -> tuple[StreamInfo, dict[str, Any]]:
+    """The driver's side of `worker_data` for streamed splits: the StreamInfo for the workers
+    and TorchTrainer's `datasets` / `dataset_config` (train: shuffled per epoch; the bi-level
+    selector's carve-out of it; val unless mixed sampling, which never reads it)."""
+    from trainables.data.ingest import IngestConfig, check_cpus, dataset, mix_seed
+
+    check_cpus(splits, train_cpus)
+    train = splits.split("train")
+    weight_part, selector_part = selector_carve_out(len(train), cfg, splits.config.split_seed)
+    parts = {"train": (train.take(weight_part) if selector_part else train, seed)}
+    if selector_part:
+        parts["selector"] = (train.take(selector_part), seed + 1)
+    datasets = {
+        name: dataset(splits, rows, shuffle_seed=mix_seed("stream", name, part_seed))
+        for name, (rows, part_seed) in parts.items()
+    }
+    sizes = {name: len(rows) for name, (rows, _) in parts.items()}
+    if cfg.sampling != "mixed":
+        datasets["val"] = dataset(splits, splits.split("val"))
+        sizes["val"] = len(splits.split("val"))
+    return splits.info(sizes), {"datasets": datasets, "dataset_config": IngestConfig()}
+
+
+def trainer_data(
+    splits, cfg: SupernetTrainConfig, seed: int, train_cpus: float
+) -> tuple[StreamInfo | None, dict[str, Any]]:
+    """(WorkerSpec.stream, extra TorchTrainer kwargs) for the splits a pre-flight opened:
+    (None, {}) when they are in memory (each worker loads its own)."""
+    if not isinstance(splits, StreamSplits):
+        return None, {}
+    return stream_ingest(splits, cfg, seed, train_cpus)
+
+
+@torch.no_grad()
+def evaluate_batches(
+    model: torch.nn.Module,
+    archs: dict[str, Any],
+    batches,
+    device: torch.device,
+    dtype: torch.dtype | None,
+) -> tuple[dict[str, tuple[float, float]], int]:
+    """({name: (correct, summed loss)} of every arch in `archs`, images seen) over `batches`
+    (this rank's share): one pass over the data for all archs."""
+    sums = {name: [0.0, 0.0] for name in archs}
+    seen = 0
+    for x, y in batches:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        seen += len(y)
+        for name, arch in archs.items():
+            with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
+                logits = model(x, arch)
+            sums[name][0] += (logits.argmax(1) == y).sum().item()
+            sums[name][1] += F.cross_entropy(logits.float(), y, reduction="sum").item()
+    return {name: (c, loss) for name, (c, loss) in sums.items()}, seen
 
 
 @torch.no_grad()
@@ -196,47 +325,29 @@ def train_worker(config: dict[str, Any]) -> None:
     fixed = space.from_json(spec.arch) if spec.arch is not None else None
     supernet = build_supernet(space, spec.adapter, fixed)  # fixed arch: its standalone network
     mixed = cfg.sampling == "mixed"
-    # the selector learns from TRAIN alone: a mixed run never materialises val (or test)
-    splits = load_splits(spec.data, ("train",) if mixed else ("train", "val"), purpose=spec.stage)
-    check_data_fits_space(splits, space)
     if cfg.batch_size < world:
         raise ValueError(
             f"supernet.batch_size={cfg.batch_size} is smaller than the {world} workers"
         )
     per_worker = cfg.batch_size // world
-
-    weight_part, selector_part = selector_carve_out(len(splits.train), cfg, spec.data.split_seed)
-    weight_data = Subset(splits.train, weight_part) if selector_part else splits.train
-    sampler = DistributedSampler(
-        weight_data, num_replicas=world, rank=rank, shuffle=True, seed=spec.seed, drop_last=True
-    )
-    loader = DataLoader(weight_data, batch_size=per_worker, sampler=sampler, drop_last=True)
-    steps_per_epoch = len(loader)
+    # the selector learns from TRAIN alone: a mixed run never materialises val (or test)
+    data = worker_data(spec, rank, world, per_worker)
+    check_data_fits_space(data.splits, space)
+    batches = data.train
+    steps_per_epoch = batches.steps
     if steps_per_epoch == 0:
         raise ValueError(
-            f"the train split ({len(weight_data)} images for the weights) holds less than one "
+            f"the train split ({batches.size} images for the weights) holds less than one "
             f"batch of {cfg.batch_size}"
         )
     selector_batches = None
-    if selector_part:
-        selector_data = Subset(splits.train, selector_part)
-        selector_sampler = DistributedSampler(
-            selector_data,
-            num_replicas=world,
-            rank=rank,
-            shuffle=True,
-            seed=spec.seed + 1,
-            drop_last=True,
-        )
-        selector_loader = DataLoader(
-            selector_data, batch_size=per_worker, sampler=selector_sampler, drop_last=True
-        )
-        if len(selector_loader) == 0:
+    if data.selector is not None:
+        if data.selector.steps == 0:
             raise ValueError(
-                f"the selector's carve-out ({len(selector_data)} train images) holds less than "
+                f"the selector's carve-out ({data.selector.size} train images) holds less than "
                 f"one batch of {cfg.batch_size}"
             )
-        selector_batches = _Cycle(selector_loader, selector_sampler)
+        selector_batches = Cycle(data.selector)
     total_steps = cfg.epochs * steps_per_epoch
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
 
@@ -292,15 +403,13 @@ def train_worker(config: dict[str, Any]) -> None:
         probes = {"selected": fixed}
     else:
         probes = eval_archs(space, spec.seed, cfg.eval_subnets)
-    val_indices = shard(splits.val, rank, world) if probes else []
     arch_log = _arch_log(spec, rank)
 
     for epoch in range(start_epoch, cfg.epochs + 1):
-        sampler.set_epoch(epoch)
         model.train()
         loss_sum = seen = correct_sum = selector_loss_sum = 0.0
         started = time.perf_counter()
-        for step, (x, y) in enumerate(loader):
+        for step, (x, y) in enumerate(batches.epoch(epoch)):
             _maybe_fail(spec, epoch, step, rank)
             lr = warmup_cosine(
                 (epoch - 1) * steps_per_epoch + step,
@@ -384,13 +493,19 @@ def train_worker(config: dict[str, Any]) -> None:
             metrics["selector_loss"] = selector_loss_sum / max(seen, 1)
         metrics["images_per_s"] = seen / max(train_seconds, 1e-9)
         unwrapped = model.module if hasattr(model, "module") else model
-        for name, arch in probes.items():
-            correct, vloss = evaluate(
-                unwrapped, arch, splits.val, val_indices, cfg.eval_batch_size, device, dtype
-            )
-            correct, vloss = all_sum([correct, vloss], device)
-            metrics[f"val_top1_{name}"] = 100.0 * correct / len(splits.val)
-            metrics[f"val_loss_{name}"] = vloss / len(splits.val)
+        if probes:
+            assert data.val is not None
+            scores, scored = evaluate_batches(unwrapped, probes, data.val.batches(), device, dtype)
+            names = list(scores)
+            totals = all_sum([float(scored)] + [v for n in names for v in scores[n]], device)
+            if round(totals[0]) != data.val.size:
+                raise RuntimeError(
+                    f"the ranks scored {round(totals[0])} val images, the split has {data.val.size}"
+                )
+            for i, name in enumerate(names):
+                correct, vloss = totals[1 + 2 * i], totals[2 + 2 * i]
+                metrics[f"val_top1_{name}"] = 100.0 * correct / data.val.size
+                metrics[f"val_loss_{name}"] = vloss / data.val.size
         randoms = [metrics[f"val_top1_{n}"] for n in probes if n.startswith("random")]
         if randoms:
             metrics["val_top1_random_mean"] = sum(randoms) / len(randoms)
@@ -476,27 +591,6 @@ def _progress_line(metrics: dict[str, Any], epochs: int, stage: str = "supernet"
     if "selector_loss" in metrics:
         line += f"  selector loss {metrics['selector_loss']:.4f}"
     return line
-
-
-class _Cycle:
-    """Endless batches of a distributed loader, reshuffled each pass (the bi-level selector's
-    carve-out is smaller than or equal to the weights' split, so it wraps around)."""
-
-    def __init__(self, loader: DataLoader, sampler: DistributedSampler) -> None:
-        self.loader, self.sampler = loader, sampler
-        self.epoch = 0
-        self._it = None
-
-    def next(self):
-        while True:
-            if self._it is None:
-                self.sampler.set_epoch(self.epoch)
-                self._it = iter(self.loader)
-            try:
-                return next(self._it)
-            except StopIteration:
-                self._it = None
-                self.epoch += 1
 
 
 def _arch_log(spec: WorkerSpec, rank: int):
