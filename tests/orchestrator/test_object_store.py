@@ -245,8 +245,14 @@ def test_a_run_in_the_store_is_killed_resumed_on_another_machine_and_exported(
     data = tiny_run(
         uri,
         name="e2e",
-        data={"name": "parquet", "root": DATA, "subset": {"train": 1024, "val": 512, "test": 512}},
-        supernet={"epochs": 2},
+        data={
+            "name": "parquet",
+            "root": DATA,
+            "loader": "stream",  # the Train workers read their shards from the store
+            "subset": {"train": 1024, "val": 512, "test": 512},
+        },
+        # two workers of half a CPU leave this 2-CPU machine's Ray one for Ray Data's reads
+        supernet={"epochs": 2, "resources": {"workers": 2, "cpus_per_worker": 0.5}},
         search={"budget": 6, "storage": postgres.url(password="${PGPASSWORD}")},
         tracking={"uri": services, "experiment": "store"},
     )
@@ -274,6 +280,7 @@ def test_a_run_in_the_store_is_killed_resumed_on_another_machine_and_exported(
     files = store_files(uri)
     trained = json.loads(files["supernet/result.json"])
     assert [h["epoch"] for h in trained["history"]] == [1, 2]
+    assert trained["data"]["loader"] == "stream", trained["data"]
     assert f"{trained['checkpoint']}/supernet.pt" in files  # the weights are in the store
     import io
 
