@@ -1,5 +1,6 @@
 """What `raynas run` / `train` print: raynas's progress and tables on the console; Ray's, Ray
-Train's, MLflow's and torch's logs in RUN_DIR/raynas.log, and on the console with `-v`."""
+Train's, MLflow's and torch's logs in RUN_DIR/raynas.log, and on the console with `-v` (the
+subprocess check of `-v` rides on test_train_command.py's resume runs)."""
 
 from __future__ import annotations
 
@@ -142,18 +143,3 @@ def test_run_prints_progress_and_the_table_and_logs_the_rest(tmp_path, raynas): 
     ):
         assert suppressed in text, suppressed
     assert "(RayTrainWorker pid=" in text and "[supernet] epoch 2/2" in text
-
-
-@pytest.mark.slow
-def test_verbose_train_shows_ray_and_mlflow_logs(tmp_path, raynas):  # noqa: F811
-    run_dir = tmp_path / "run"
-    data = tiny_run(run_dir, data={"subset": {"train": 256, "val": 128, "test": 128}})
-    process = raynas(
-        "train", str(write(tmp_path, data)), "-v", stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    output, _ = process.communicate(timeout=300)
-    assert process.returncode == 0, output[-3000:]
-    assert "Creating initial MLflow database tables" in output
-    assert "(TrainController pid=" in output and "Started training worker group" in output
-    assert "[supernet] epoch 1/1" in output
-    assert "Creating initial MLflow database tables" in log_text(run_dir)

@@ -1,11 +1,14 @@
 """The whole autoformer pipeline (supernet -> search -> export -> report) in-process on one
 local Ray, on a Fashion-MNIST subset, with real Optuna SQLite storage, the embedded MLflow
-store and optuna-dashboard serving the study. One run is shared by the module's tests."""
+store and optuna-dashboard serving the study. One run is shared by the module's tests: they
+read it, search its trained supernet again, or resume copies of it with changed inputs (resume
+re-runs exactly what the changed inputs reach, from a copied run directory too)."""
 
 from __future__ import annotations
 
 import json
 import random
+import shutil
 import subprocess
 import sys
 import urllib.request
@@ -21,7 +24,7 @@ from optuna.trial import TrialState
 from safetensors.torch import load_file
 
 from orchestrator.config import parse
-from orchestrator.pipeline import run_pipeline, run_stages
+from orchestrator.pipeline import config_for_resume, run_pipeline, run_stages
 from orchestrator.search.archive import encoded_of
 from orchestrator.search.pareto import dominates, pareto_front
 from orchestrator.stages.search import external_checkpoint, storage_url
@@ -49,11 +52,20 @@ def flops_cap() -> int:
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory, ray_cluster):
+def pipeline(tmp_path_factory, ray_cluster, access_log):
+    """The run, its outcomes and the splits it read (logged before any other test of the
+    module runs more stages)."""
     run_dir = tmp_path_factory.mktemp("pipeline") / "run"
     data = tiny_run(run_dir, search={"constraints": {"flops": {"max": flops_cap()}}})
     config = parse(data, "test")
     outcomes = run_pipeline(config)
+    reads = [json.loads(line) for line in access_log.read_text().splitlines()]
+    return config, outcomes, reads
+
+
+@pytest.fixture(scope="module")
+def finished(pipeline):
+    config, outcomes, _ = pipeline
     return config, outcomes
 
 
@@ -103,8 +115,8 @@ def test_candidates_outside_the_constraints_are_never_evaluated(finished):
     assert outcomes["search"]["rejected"] == len(rejected)
 
 
-def test_search_never_reads_the_test_split(finished, access_log):
-    entries = [json.loads(line) for line in access_log.read_text().splitlines()]
+def test_search_never_reads_the_test_split(pipeline):
+    _, _, entries = pipeline
     test_reads = [e for e in entries if e["split"] == "test"]
     assert [e["purpose"] for e in test_reads] == ["export"]
     search_reads = {e["split"] for e in entries if e["purpose"] == "search"}
@@ -251,3 +263,84 @@ def test_every_strategy_searches_the_trained_supernet(finished, tmp_path, strate
         assert all("evolution:generation" in t.system_attrs for t in sampled)
     front = pq.read_table(tmp_path / "run" / "pareto.parquet").to_pylist()
     assert {r["arch_id"] for r in front} <= {r["arch_id"] for r in rows}
+
+
+# ---------------------------------------------------------------------------------- resume
+def copy_of(config, tmp_path) -> Path:
+    """The finished run directory copied elsewhere (the original is then moved away)."""
+    copy = tmp_path / "copy"
+    shutil.copytree(config.run_path, copy)
+    return copy
+
+
+def test_a_larger_budget_continues_the_search_and_reruns_what_it_reaches(
+    finished, tmp_path, capsys
+):
+    config, outcomes = finished
+    copy = copy_of(config, tmp_path)
+    capsys.readouterr()
+    again = run_pipeline(config_for_resume(copy, ["search.budget=12"]))
+    out = capsys.readouterr().out
+    assert "[supernet] up to date; skipping" in out
+    assert "[search] re-run, search.budget 8 -> 12" in out
+    assert "4 of 12 candidates to evaluate" in out  # the copy continued its own archive
+    rows = pq.read_table(copy / "archive.parquet").to_pylist()
+    assert len(rows) == 12 and len({r["arch_id"] for r in rows}) == 12
+    assert {r["scored_by"] for r in rows} == {outcomes["supernet"]["checkpoint_sha256"]}
+    assert len(pq.read_table(Path(config.run_path) / "archive.parquet")) == 8  # untouched
+    front_changed = again["search"]["front"] != outcomes["search"]["front"]
+    assert ("[export] re-run, the front changed" in out) == front_changed
+    report = (copy / "report.md").read_text()
+    for model in again["export"]["models"]:
+        assert model["arch_id"] in report
+        assert (copy / model["path"] / "model.safetensors").exists()  # paths inside the copy
+    assert "12 candidates evaluated of a budget of 12" in report
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{copy / 'study.db'}")
+    assert len({t.user_attrs.get("arch_id") for t in study.trials} - {None}) >= 12
+
+
+def test_more_supernet_epochs_retrain_and_start_a_fresh_study(finished, tmp_path, capsys):
+    config, outcomes = finished
+    copy = copy_of(config, tmp_path)
+    capsys.readouterr()
+    again = run_pipeline(config_for_resume(copy, ["supernet.epochs=2"]))
+    out = capsys.readouterr().out
+    assert "[supernet] re-run, supernet.epochs 1 -> 2" in out
+    assert "[search] re-run, the supernet changed" in out
+    assert again["supernet"]["epochs"] == 2
+    assert again["search"]["checkpoint"] == "supernet/epoch_0002"
+    # never continued over another checkpoint: a new study, the old archive moved aside
+    assert again["search"]["study"] != outcomes["search"]["study"]
+    assert again["search"]["study"].startswith("tiny-")
+    rows = pq.read_table(copy / "archive.parquet").to_pylist()
+    assert len(rows) == 8
+    assert {r["scored_by"] for r in rows} == {again["supernet"]["checkpoint_sha256"]}
+    assert again["supernet"]["checkpoint_sha256"] != outcomes["supernet"]["checkpoint_sha256"]
+    moved = list((copy / "superseded").glob("search-*/archive.parquet"))
+    assert len(moved) == 1 and len(pq.read_table(moved[0])) == 8
+    old = optuna.load_study(study_name="tiny", storage=f"sqlite:///{copy / 'study.db'}")
+    assert len(old.trials) == len(
+        optuna.load_study(
+            study_name="tiny", storage=f"sqlite:///{Path(config.run_path) / 'study.db'}"
+        ).trials
+    )
+    # the search's MLflow run is a new one; the old one is marked superseded
+    state = json.loads((copy / "tracking.json").read_text())
+    client = MlflowClient(tracking_uri(None, str(copy)))
+    original = json.loads((Path(config.run_path) / "tracking.json").read_text())
+    assert state["stages"]["search"] != original["stages"]["search"]
+    assert client.get_run(original["stages"]["search"]).data.tags["raynas.superseded"] == "true"
+    parent = client.get_run(state["parent"])
+    assert parent.data.params["supernet.epochs"] == "1"
+    assert parent.data.params["supernet.epochs.resume_1"] == "2"
+
+
+def test_the_report_names_the_test_top1_of_the_best_val_model(finished):
+    config, outcomes = finished
+    exported = outcomes["export"]
+    best = max(exported["models"], key=lambda m: m["val_top1"])
+    assert exported["best_val"] == best["arch_id"]
+    assert exported["test_top1_of_best_val"] == best["test_top1"]
+    assert "best_test_top1" not in json.dumps(exported)
+    text = (Path(config.run_path) / "report.md").read_text()
+    assert f"`{best['arch_id']}`, test top-1 {best['test_top1']:.2f}%" in text

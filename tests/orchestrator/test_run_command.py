@@ -1,5 +1,6 @@
 """`raynas run` / `search` / `export` as a user runs them, each in its own process with its own
-local Ray: resuming a search whose driver was killed, and the one-line errors of bad input.
+local Ray: resuming a search whose driver was killed, and the one-line errors of bad input
+(those commands are started two at a time by one fixture: each is mostly start-up on one core).
 (No Ray runs in the test process here, so only the command's own cluster exists.)"""
 
 from __future__ import annotations
@@ -8,7 +9,9 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import optuna
@@ -80,72 +83,137 @@ def test_resume_after_killing_the_search_evaluates_each_arch_once(tmp_path, rayn
     assert (run_dir / "report.md").exists() and "Pareto subnets" in output
 
 
-def one_error_line(process: subprocess.Popen) -> str:
-    _, stderr = process.communicate(timeout=240)
-    assert process.returncode == 1, stderr
-    lines = [line for line in stderr.strip().splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, stderr
+def raynas_error(*args: str) -> subprocess.CompletedProcess:
+    """A `raynas` command expected to fail early, in its own process group (ended with it)."""
+    script = Path(sys.executable).with_name("raynas")
+    process = subprocess.Popen(
+        [str(script), *args],
+        text=True,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=240)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def unreachable_storage_case(work: Path) -> tuple[Path, int]:
+    """A real (untrained) supernet checkpoint, so the search gets as far as opening the
+    storage, and a PostgreSQL URL with a password where nothing listens."""
+    space = build_space("vit", "vit-28", SMALL_SPACE)
+    ckpt.save(work / "ckpt", space.build_supernet().state_dict(), {}, {})
+    port = free_port()
+    url = f"postgresql://raynas:hunter2-pw@127.0.0.1:{port}/nas"
+    return write(work, tiny_run(work / "run", search={"storage": url})), port
+
+
+@pytest.fixture(scope="module")
+def error_runs(request, tmp_path_factory):
+    """The one-line-error commands of this module's selected tests, each in its own folder,
+    started two at a time (each is mostly the command's start-up on one core): name ->
+    (folder, a future of its CompletedProcess, or of a tuple of them run in order)."""
+    root = tmp_path_factory.mktemp("errors")
+
+    def no_supernet(work: Path):
+        return raynas_error("search", str(write(work, tiny_run(work / "run"))))
+
+    def unreachable_storage(work: Path):
+        config, port = unreachable_storage_case(work)
+        (work / "port").write_text(str(port))
+        return raynas_error("search", str(config), "--supernet", str(work / "ckpt"))
+
+    def corrupt(work: Path):
+        (work / "ckpt").mkdir()
+        (work / "ckpt" / "supernet.pt").write_bytes(b"not torch")
+        config = write(work, tiny_run(work / "run"))
+        return raynas_error("search", str(config), "--supernet", str(work / "ckpt"))
+
+    def export_and_resume(work: Path):
+        run_dir = work / "run"
+        run_dir.mkdir()
+        (run_dir / "config.yaml").write_text(json.dumps(tiny_run(run_dir)))
+        return raynas_error("export", str(run_dir)), raynas_error("run", "--resume", str(work))
+
+    def different_config(work: Path):
+        run_dir = work / "run"
+        rundir.prepare(parse(tiny_run(run_dir), "test"))  # what a first `raynas run` leaves
+        return raynas_error("run", str(write(work, tiny_run(run_dir, search={"budget": 99}))))
+
+    jobs = {  # the slowest first
+        "unreachable-storage": unreachable_storage,
+        "no-supernet": no_supernet,
+        "corrupt": corrupt,
+        "export-and-resume": export_and_resume,
+        "different-config": different_config,
+    }
+    assert set(jobs) == set(ERROR_RUN_OF.values())
+    selected = {item.name for item in request.session.items if item.module is request.module}
+    wanted = {name for test, name in ERROR_RUN_OF.items() if test in selected}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        runs = {}
+        for name, job in jobs.items():
+            if name in wanted:
+                (root / name).mkdir()
+                runs[name] = (root / name, pool.submit(job, root / name))
+        yield runs
+        for _, future in runs.values():
+            future.cancel()
+
+
+ERROR_RUN_OF = {  # test -> its run in `error_runs`
+    "test_search_without_a_trained_supernet_is_one_line": "no-supernet",
+    "test_unreachable_study_storage_is_one_line_before_ray": "unreachable-storage",
+    "test_a_corrupt_supernet_checkpoint_is_one_line": "corrupt",
+    "test_export_before_search_and_resume_of_a_non_run_are_one_line": "export-and-resume",
+    "test_a_different_config_in_an_existing_run_dir_is_refused": "different-config",
+}
+
+
+def one_error_line(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 1, result.stderr
+    lines = [line for line in result.stderr.strip().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.stderr
     return lines[0]
 
 
-def test_search_without_a_trained_supernet_is_one_line(tmp_path, raynas):  # noqa: F811
-    config = write(tmp_path, tiny_run(tmp_path / "run"))
-    line = one_error_line(raynas("search", str(config), stderr=subprocess.PIPE))
+def test_search_without_a_trained_supernet_is_one_line(error_runs):
+    work, run = error_runs["no-supernet"]
+    line = one_error_line(run.result())
     assert "needs the supernet of the supernet stage" in line and "--supernet" in line
-    assert not (tmp_path / "run" / "study.db").exists()
+    assert not (work / "run" / "study.db").exists()
 
 
-def test_unreachable_study_storage_is_one_line_before_ray(tmp_path, raynas):  # noqa: F811
-    # a real (untrained) supernet checkpoint, so the search gets as far as opening the storage
-    space = build_space("vit", "vit-28", SMALL_SPACE)
-    ckpt.save(tmp_path / "ckpt", space.build_supernet().state_dict(), {}, {})
-    port = free_port()
-    url = f"postgresql://raynas:hunter2-pw@127.0.0.1:{port}/nas"
-    config = write(tmp_path, tiny_run(tmp_path / "run", search={"storage": url}))
-    process = raynas(
-        "search",
-        str(config),
-        "--supernet",
-        str(tmp_path / "ckpt"),
-        stderr=subprocess.PIPE,
-    )
-    line = one_error_line(process)
+def test_unreachable_study_storage_is_one_line_before_ray(error_runs):
+    work, run = error_runs["unreachable-storage"]
+    line = one_error_line(run.result())
+    port = int((work / "port").read_text())
     assert "search.storage=" in line and "cannot open the Optuna storage" in line
     assert f"postgresql://raynas:***@127.0.0.1:{port}/nas" in line  # the password never shows
     assert "hunter2" not in line
-    assert not (tmp_path / "run" / "archive.parquet").exists()
-    for path in (tmp_path / "run").rglob("*"):  # nor is it written
+    assert not (work / "run" / "archive.parquet").exists()
+    for path in (work / "run").rglob("*"):  # nor is it written
         assert not path.is_file() or b"hunter2" not in path.read_bytes(), path
 
 
-def test_a_corrupt_supernet_checkpoint_is_one_line(tmp_path, raynas):  # noqa: F811
-    (tmp_path / "ckpt").mkdir()
-    (tmp_path / "ckpt" / "supernet.pt").write_bytes(b"not torch")
-    config = write(tmp_path, tiny_run(tmp_path / "run"))
-    process = raynas(
-        "search",
-        str(config),
-        "--supernet",
-        str(tmp_path / "ckpt"),
-        stderr=subprocess.PIPE,
-    )
-    assert "is corrupt or not a torch file" in one_error_line(process)
+def test_a_corrupt_supernet_checkpoint_is_one_line(error_runs):
+    _, run = error_runs["corrupt"]
+    assert "is corrupt or not a torch file" in one_error_line(run.result())
 
 
-def test_export_before_search_and_resume_of_a_non_run_are_one_line(tmp_path, raynas):  # noqa: F811
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    (run_dir / "config.yaml").write_text(json.dumps(tiny_run(run_dir)))
-    line = one_error_line(raynas("export", str(run_dir), stderr=subprocess.PIPE))
-    assert "needs the front of the search stage" in line
-    line = one_error_line(raynas("run", "--resume", str(tmp_path), stderr=subprocess.PIPE))
-    assert "no config.yaml there" in line
+def test_export_before_search_and_resume_of_a_non_run_are_one_line(error_runs):
+    _, run = error_runs["export-and-resume"]
+    export, resume = run.result()
+    assert "needs the front of the search stage" in one_error_line(export)
+    assert "no config.yaml there" in one_error_line(resume)
 
 
-def test_a_different_config_in_an_existing_run_dir_is_refused(tmp_path, raynas):  # noqa: F811
-    run_dir = tmp_path / "run"
-    rundir.prepare(parse(tiny_run(run_dir), "test"))  # what a first `raynas run` leaves
-    changed = write(tmp_path, tiny_run(run_dir, search={"budget": 99}))
-    line = one_error_line(raynas("run", str(changed), stderr=subprocess.PIPE))
+def test_a_different_config_in_an_existing_run_dir_is_refused(error_runs):
+    work, run = error_runs["different-config"]
+    line = one_error_line(run.result())
     assert "(search.budget differ)" in line and "--resume" in line
-    assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml"]  # untouched
+    assert sorted(p.name for p in (work / "run").iterdir()) == ["config.yaml"]  # untouched

@@ -143,30 +143,38 @@ def test_completed_stage_is_skipped(trained, capsys):
     assert "[supernet] up to date; skipping" in capsys.readouterr().out
 
 
-def test_mlflow_server_receives_the_runs(tmp_path, ray_cluster):
-    with mlflow_server(tmp_path) as uri:
-        data = make_config(tmp_path / "run", epochs=1)
+@pytest.fixture(scope="module")
+def recovered(tmp_path_factory, ray_cluster):
+    """One 3-epoch run whose rank 1 fails at epoch 2, tracked on a real `mlflow server` (kept up
+    for the tests that read it)."""
+    folder = tmp_path_factory.mktemp("recovered")
+    with mlflow_server(folder) as uri:
+        run_dir = folder / "run"
+        data = make_config(
+            run_dir, epochs=3, max_failures=1, inject_failure={"epoch": 2, "step": 5, "rank": 1}
+        )
         data["tracking"] = {"uri": uri, "experiment": "server-test"}
-        outcome = train_supernet(parse(data, "test"))
-        client = MlflowClient(uri)
-        run = client.get_run(outcome["mlflow_run_id"])
-        assert run.info.status == "FINISHED"
-        assert client.get_experiment(run.info.experiment_id).name == "server-test"
-        assert epochs_logged(uri, run.info.run_id, "val_top1_largest") == [1]
-        assert "mlflow.parentRunId" in run.data.tags and run.data.params["supernet.epochs"] == "1"
-        assert "checkpoint/supernet.pt" in {
-            a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")
-        }
+        yield uri, run_dir, train_supernet(parse(data, "test"))
 
 
-def test_worker_failure_recovers_from_last_checkpoint(tmp_path, ray_cluster):
-    data = make_config(
-        tmp_path, epochs=3, max_failures=1, inject_failure={"epoch": 2, "step": 5, "rank": 1}
-    )
-    outcome = train_supernet(parse(data, "test"))
-    assert (tmp_path / "supernet" / ".failure_injected").exists()  # the failure did happen
+def test_mlflow_server_receives_the_runs(recovered):
+    uri, _, outcome = recovered
+    client = MlflowClient(uri)
+    run = client.get_run(outcome["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert client.get_experiment(run.info.experiment_id).name == "server-test"
+    assert epochs_logged(uri, run.info.run_id, "val_top1_largest") == [1, 2, 3]
+    assert "mlflow.parentRunId" in run.data.tags and run.data.params["supernet.epochs"] == "3"
+    assert "checkpoint/supernet.pt" in {
+        a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")
+    }
+
+
+def test_worker_failure_recovers_from_last_checkpoint(recovered):
+    uri, run_dir, outcome = recovered
+    assert (run_dir / "supernet" / ".failure_injected").exists()  # the failure did happen
     assert [h["epoch"] for h in outcome["history"]] == [1, 2, 3]
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # each epoch logged once: the restarted group went on from epoch 1's checkpoint
     assert epochs_logged(uri, outcome["mlflow_run_id"]) == [1, 2, 3]
 
 
