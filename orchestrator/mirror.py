@@ -119,9 +119,6 @@ class Mirror:
                     found[relative] = path.stat()
         return found
 
-    def _version(self, path: str, info: pafs.FileInfo | None = None) -> str:
-        return object_version(self.store, path)
-
     @staticmethod
     def _mark(stat: os.stat_result, version: str) -> list:
         return [stat.st_size, stat.st_mtime_ns, version]
@@ -131,7 +128,7 @@ class Mirror:
         mark = self._known().get(relative)
         if stat is None or mark is None or mark[:2] != [stat.st_size, stat.st_mtime_ns]:
             return False
-        return info.size == stat.st_size and mark[2] == self._version(info.path, info)
+        return info.size == stat.st_size and mark[2] == object_version(self.store, info.path)
 
     def _save_state(self) -> None:
         self.local.mkdir(parents=True, exist_ok=True)
@@ -153,7 +150,7 @@ class Mirror:
             if self._in_step(relative, local.get(relative), info):
                 versions[relative] = self._known()[relative][2]
                 continue
-            versions[relative] = self._version(info.path, info)
+            versions[relative] = object_version(self.store, info.path)
             download_file(self.store, info.path, self.local / relative)
             fetched += 1
         for relative in set(local) - set(remote) - set(WORKSPACE_OWNED):
@@ -200,7 +197,7 @@ class Mirror:
         target = self.store.child(relative)
         try:
             upload_file(self.store, source, target)
-            version = self._version(target)
+            version = object_version(self.store, target)
         except OSError as exc:
             raise StorageError(
                 f"run_dir={self.uri!r}: cannot write {relative} ({first_line(exc)})"

@@ -49,6 +49,9 @@ class Location:
     def exists(self, path: str) -> bool:
         return self.info(path).type == pafs.FileType.File
 
+    def kind(self, path: str) -> pafs.FileType:
+        return self.info(path).type
+
     @property
     def local(self) -> bool:
         return isinstance(self.filesystem, pafs.LocalFileSystem)

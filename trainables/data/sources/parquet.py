@@ -36,6 +36,7 @@ from trainables.data.config import DataConfig
 from trainables.data.registry import register_dataset
 from trainables.data.tensors import RawDataset
 from trainables.errors import DataError
+from trainables.storage import Location, StorageError, open_location
 
 METADATA_KEY = b"raynas"
 RAW_LAYOUT = "uint8-chw"
@@ -43,36 +44,21 @@ IMAGE_COLUMN = "image"
 LABEL_COLUMN = "label"
 
 
-@dataclass(frozen=True)
-class ParquetLocation:
-    filesystem: pafs.FileSystem
-    path: str  # path inside `filesystem`
-    uri: str  # as the user wrote it, for messages
-
-    def child(self, name: str) -> str:
-        return f"{self.path.rstrip('/')}/{name}"
-
-    def exists(self, path: str) -> bool:
-        return self.filesystem.get_file_info(path).type == pafs.FileType.File
-
-    def kind(self, path: str) -> pafs.FileType:
-        return self.filesystem.get_file_info(path).type
+#: where a parquet dataset lives: a filesystem and a path in it (``trainables.storage``)
+ParquetLocation = Location
 
 
 def resolve(uri: str) -> ParquetLocation:
-    """A local path or a URI that pyarrow.fs understands (s3://, gs://, hdfs://, file://).
+    """A local path or a URI that pyarrow.fs understands (s3://, gs://, hdfs://, file://),
+    through ``trainables.storage.open_location``; a bad one is a DataError naming data.root.
 
     Object-store credentials and endpoints come from the environment as pyarrow reads them
     (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT_URL`, `AWS_REGION`, ...).
     """
     try:
-        if "://" in uri:
-            filesystem, path = pafs.FileSystem.from_uri(uri)
-        else:
-            filesystem, path = pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
-        raise DataError(f"data.root={uri!r} is not a usable path or URI: {exc}") from None
-    return ParquetLocation(filesystem, path, uri)
+        return open_location(uri, "data.root")
+    except StorageError as exc:
+        raise DataError(str(exc)) from None
 
 
 @functools.lru_cache(maxsize=8)
