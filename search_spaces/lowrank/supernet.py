@@ -22,10 +22,10 @@ from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
-from timm.layers import trunc_normal_
 from torch import nn
 
 from search_spaces.base import Supernet
+from search_spaces.layers import trunc_normal_
 from search_spaces.lowrank.arch import LowRankArch, validate_lowrank_arch
 from search_spaces.lowrank.config import LowRankSpaceConfig
 from search_spaces.lowrank.cost import layer_ranks

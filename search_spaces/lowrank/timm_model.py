@@ -11,10 +11,13 @@ export loads wherever timm does.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
-from timm.models.vision_transformer import VisionTransformer
 from torch import nn
+
+if TYPE_CHECKING:  # timm itself is imported by build_timm_vit, when a model is built
+    from timm.models.vision_transformer import VisionTransformer
 
 from search_spaces.vit.timm_model import build_timm_vit
 

@@ -28,11 +28,10 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from timm.layers import drop_path, trunc_normal_
-from timm.layers.drop import calculate_drop_path_rates
 from torch import nn
 
 from search_spaces.base import Supernet
+from search_spaces.layers import drop_path, drop_path_rates, trunc_normal_
 from search_spaces.vit.arch import ViTArch, validate_vit_arch
 from search_spaces.vit.config import ViTSpaceConfig, mlp_hidden_dim
 from search_spaces.vit.timm_model import build_timm_vit
@@ -205,7 +204,7 @@ class ViTSupernet(Supernet):
         cls = self.cls_token[..., :e].expand(x.shape[0], -1, -1)
         x = torch.cat((cls, x), dim=1) + self.pos_embed[..., :e]
         rates = (
-            calculate_drop_path_rates(self.drop_path_rate(arch), arch.depth)
+            drop_path_rates(self.drop_path_rate(arch), arch.depth)
             if self.training
             else [0.0] * arch.depth
         )

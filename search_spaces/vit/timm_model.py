@@ -15,11 +15,16 @@ This module is also the export ``builder``: ``build_timm_vit(**kwargs)`` with th
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from timm.layers import Attention
-from timm.models.vision_transformer import Block, VisionTransformer
+
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import Block, VisionTransformer
+
+# timm is imported where a model is built, not at module import: importing timm pulls in
+# torchvision and torch._dynamo (~3-5 s per process), which supernet training and scoring,
+# the driver and every Ray worker would otherwise pay without building a timm model.
 
 
 def build_timm_vit(
@@ -48,6 +53,8 @@ def build_timm_vit(
             f"num_heads ({len(num_heads)} entries) and mlp_ratio ({len(mlp_ratio)} entries) "
             "must have one entry per block"
         )
+    from timm.models.vision_transformer import VisionTransformer
+
     per_block = iter(zip(num_heads, mlp_ratio, strict=True))
     model = VisionTransformer(
         img_size=img_size,
@@ -77,6 +84,9 @@ def _per_block_fn(per_block: Iterator[tuple[int, float]], head_dim: int) -> Any:
     timm calls ``block_fn`` once per block, in order, with the model-wide kwargs; we keep those
     (norm, activation, drop path, ...) and substitute the per-block head count and MLP ratio.
     """
+
+    from timm.layers import Attention
+    from timm.models.vision_transformer import Block
 
     def block_fn(**kwargs: Any) -> Block:
         heads, ratio = next(per_block)
