@@ -38,6 +38,7 @@ def ensure_ray(config: RayConfig) -> bool:
             # "local" always starts a new cluster; None could join one left by `ray start`
             address=address or "local",
             namespace=config.namespace,
+            **({} if address else {"include_dashboard": config.dashboard}),
             log_to_driver=True,
             configure_logging=False,
         )

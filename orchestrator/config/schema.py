@@ -524,6 +524,12 @@ class RunConfig(Strict):
     def family(self) -> str:
         return self.space.family or METHOD_FAMILY[self.method]
 
+    dashboard: bool = Field(
+        True,
+        description="start Ray's dashboard (port 8265) when raynas starts a local Ray; false saves "
+        "its ~10 processes and a few seconds of start-up on a small machine; existing clusters "
+        "keep theirs",
+    )
     @property
     def space_spec(self) -> dict[str, Any]:
         """``search_spaces.build_space(family, preset, overrides)``'s arguments, as plain data."""

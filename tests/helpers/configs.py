@@ -38,6 +38,7 @@ def tiny_run(run_dir: Path | str, name: str = "tiny", **sections: dict[str, Any]
         },
         "export": {"max_models": 3},
         "tracking": {"experiment": "tests"},
+        "ray": {"dashboard": False},  # no test reads it; its start-up costs seconds per run
     }  # fmt: skip
     for key, value in sections.items():
         if isinstance(value, dict) and isinstance(data.get(key), dict):

@@ -74,7 +74,7 @@ def local_ray():
     from orchestrator.runtime import local_cluster_env
 
     os.environ.update(local_cluster_env(RayConfig()))
-    ray.init(num_cpus=2, namespace="raynas-tests", log_to_driver=False)
+    ray.init(num_cpus=2, namespace="raynas-tests", log_to_driver=False, include_dashboard=False)
     try:
         yield
     finally:
