@@ -3,8 +3,10 @@
 For each finished run directory given as NAME=RUN_DIR this scores the SAME `--subnets` random
 subnets of the space (seeded) on the run's val split with the weights its search used (plain
 supernet, or MoLE experts mixed by the router), then reads what the run recorded: its Pareto
-front and hypervolume (common reference: the largest FLOPs over all runs), the best exported
-test top-1, and the mean CKA / cosine of `raynas analyze collapse` (run here when missing).
+front and hypervolume (normalised to [0, 1] over val top-1 and FLOPs; reference point 0 % and
+1.1 x the FLOPs of the space's largest subnet, the same for every run of the space:
+`orchestrator.search.pareto`), the best exported test top-1, and the mean CKA / cosine of
+`raynas analyze collapse` (run here when missing).
 
     python benchmarks/taslora_comparison.py plain=runs/exp-plain taslora=runs/exp-taslora \\
         [taslora-nogroup=runs/exp-taslora-nogroup] [plain-10ep=runs/exp-plain-10ep]
@@ -32,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from orchestrator.analysis.collapse import analyze_collapse  # noqa: E402
 from orchestrator.pipeline import config_for_resume  # noqa: E402
 from orchestrator.search.archive import ARCHIVE_FILE, Archive  # noqa: E402
-from orchestrator.search.pareto import hypervolume_2d, pareto_front  # noqa: E402
+from orchestrator.search.pareto import hypervolume, pareto_front, space_reference  # noqa: E402
 from orchestrator.stage import read_result  # noqa: E402
 from orchestrator.stages.search import external_checkpoint  # noqa: E402
 from search_spaces import build_space  # noqa: E402
@@ -107,8 +109,14 @@ def main() -> None:
         if arch not in archs:
             archs.append(arch)
 
-    reference_flops = 0
-    report: dict = {"subnets": args.subnets, "seed": args.seed, "runs": {}}
+    reference, rules = space_reference(space, ["flops"])  # fixed by the space: every run alike
+    report: dict = {
+        "subnets": args.subnets,
+        "seed": args.seed,
+        "hypervolume_reference": reference,
+        "hypervolume_rule": rules,
+        "runs": {},
+    }
     scores: dict[str, list[float]] = {}
     fronts = {}
     for name, run_dir in runs.items():
@@ -118,7 +126,6 @@ def main() -> None:
         adapter = external_checkpoint(run_dir).get("adapter")  # None: a plain supernet
         rows = Archive.load(Path(run_dir) / ARCHIVE_FILE).rows
         fronts[name] = pareto_front(rows, ["flops"])
-        reference_flops = max([reference_flops] + [r["flops"] for r in rows])
         summary = read_result(run_dir, "export") or {"models": []}
         report["runs"][name] = {
             "run_dir": str(Path(run_dir).resolve()),
@@ -142,7 +149,7 @@ def main() -> None:
     names = list(runs)
     for name in names:
         entry = report["runs"][name]
-        entry["hypervolume"] = hypervolume_2d(fronts[name], reference=reference_flops)
+        entry["hypervolume"] = hypervolume(fronts[name], ["flops"], reference)
         diffs = [b - a for a, b in zip(scores[names[0]], scores[name], strict=True)]
         entry["paired_diff_vs_" + names[0]] = {
             "mean": statistics.mean(diffs),
@@ -172,7 +179,7 @@ def main() -> None:
         print(
             f"{name:<18}{e['val_top1_mean']:9.2f}{e['val_top1_std']:6.2f}{e['val_top1_min']:7.2f}"
             f"{e['val_top1_max']:7.2f}{d['mean']:+7.2f}{d['wins']:>3}/{d['losses']:<3}"
-            f"{e['hypervolume'] / 1e6:8.2f}{len(e['front']):6}{best:>10}"
+            f"{e['hypervolume']:8.4f}{len(e['front']):6}{best:>10}"
             f"{e['mean_cka']:7.3f}{e['mean_cosine'] if e['mean_cosine'] is None else round(e['mean_cosine'], 3)!s:>7}"
         )
     print(f"wrote {args.out}")

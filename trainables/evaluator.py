@@ -188,22 +188,21 @@ def cached_evaluator(spec: EvalSpec) -> Evaluator | TableEvaluator:
     return _CACHE[key]
 
 
-def evaluate_candidate(
-    config: dict[str, Any], spec: EvalSpec, probes: dict[str, Any] | None = None
-) -> None:
-    """Ray Tune function trainable: score the encoded arch in `config` and report once, with
-    the latency on each target from its probe actor or fitted model, and where it ran."""
-    import ray
-    from ray import tune
-
-    from trainables.latency import latency_metrics
-
-    _use_assigned_cpus()
-    evaluator = cached_evaluator(spec)
+def candidate_metrics(
+    evaluator: Evaluator | TableEvaluator,
+    config: dict[str, Any],
+    spec: EvalSpec,
+    probes: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What one evaluation reports for the encoded arch in `config`: the evaluator's metrics,
+    with the latency on each target from its probe actor or fitted model. Shared by the Tune
+    trainable and the search's in-process loop."""
     space = evaluator.space
     arch = space.decode(config)
     metrics = evaluator.measure(arch)
     if probes or spec.latency_predictors:
+        from trainables.latency import latency_metrics
+
         metrics.update(
             latency_metrics(
                 arch,
@@ -214,6 +213,19 @@ def evaluate_candidate(
                 spec.latency_objective,
             )
         )
+    return metrics
+
+
+def evaluate_candidate(
+    config: dict[str, Any], spec: EvalSpec, probes: dict[str, Any] | None = None
+) -> None:
+    """Ray Tune function trainable: score the encoded arch in `config` and report once
+    (:func:`candidate_metrics`), with where it ran."""
+    import ray
+    from ray import tune
+
+    _use_assigned_cpus()
+    metrics = candidate_metrics(cached_evaluator(spec), config, spec, probes)
     runtime = ray.get_runtime_context()
     metrics["node_id"] = runtime.get_node_id()
     metrics["node_group"] = (runtime.get_node_labels() or {}).get("raynas.io/group")

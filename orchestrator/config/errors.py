@@ -1,7 +1,7 @@
 """Turn pydantic validation errors into lines a user can act on.
 
 Each line names the field path, the value given and what is allowed, e.g.
-  `search.strategy: got 'nsgaii'; allowed: 'nsga2', 'evolution', 'tpe' or 'random'`
+  `search.strategy: got 'nsgaii'; allowed: 'nsga2', 'evolution', 'tpe', 'random' or 'gp'`
   `data.vall_size: unknown key; allowed keys: name, root, ...; did you mean 'val_size'?`
 """
 

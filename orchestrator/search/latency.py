@@ -179,3 +179,24 @@ def fitted_model(
         flush=True,
     )
     return record["model"], report
+
+
+def predicted_ms(
+    config: RunConfig, space: Any, arch: Any, folder: Path, fingerprint: str
+) -> float | None:
+    """`arch`'s latency (ms) on the latency objective's target by the model this search
+    fitted (``search.latency: predicted``, its file under `folder` from this `fingerprint`);
+    None when the search predicts no latency or has no such model."""
+    search = config.search
+    if search.latency != "predicted" or not search.latency_targets:
+        return None
+    target = search.latency_objective or search.latency_targets[0]
+    path = folder / FOLDER / f"{target}.json"
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    if saved.get("fingerprint") != fingerprint:
+        return None
+    from trainables.latency_model import LatencyPredictor
+
+    return LatencyPredictor.from_dict(saved["model"]).predict(space.latency_units(arch))

@@ -1,12 +1,46 @@
-"""The Pareto front of an archive: val top-1 up, the chosen costs down.
+"""The Pareto front of an archive (val top-1 up, the chosen costs down) and its hypervolume.
 
 Writes `<run>/pareto.parquet` (the non-dominated rows, cheapest first) and `<run>/pareto.png`
 (accuracy vs MFLOPs: every candidate in grey, the front highlighted).
+
+Hypervolume (DESIGN.md 4.5). :func:`hypervolume` is the volume the rows dominate in the space
+of ALL the search's objectives: val top-1 maximised and each configured cost (``flops``,
+``params``, ``latency``) minimised, so 2-D with one cost, 3-D with two, 4-D with three. It is
+computed exactly by `moocore <https://multi-objective.github.io/moocore/python/>`_
+(``moocore.hypervolume``: a maintained C implementation of the standard algorithms, O(n log n)
+in 2-D and 3-D, HV4D+ in 4-D). Optuna has a hypervolume routine only in its private
+``optuna._hypervolume`` (its public API plots a hypervolume history, it computes none), and
+pymoo's brings a whole optimisation framework; moocore is small, public and exact.
+
+Normalisation: each axis is measured from the ideal value to its reference, so the figure is
+in [0, 1]: accuracy as ``(top-1 - 0 %) / (100 % - 0 %)``, each cost as ``cost / reference``.
+The hypervolume is then the share of the box between the ideal point (100 % top-1 at zero
+cost) and the reference point that the front dominates. A point at or beyond the reference on
+any axis (0 % top-1, or a cost of at least its reference) adds nothing, and dominated points
+add nothing by definition.
+
+Reference point, FIXED per search space so that runs of one space compare
+(:func:`space_reference`):
+
+* val top-1: 0 %.
+* ``flops``, ``params``: :data:`REFERENCE_FACTOR` (1.1) x the analytic cost
+  (``SearchSpace.cost``) of the space's largest arch (``SearchSpace.largest()``: every choice
+  at its maximum, the most parameters and MACs of the space; for a low-rank space the dense
+  model, which filtering never removes). 1.1 rather than 1 so that the largest arch itself,
+  which the search evaluates first (``search.seed_extremes``), adds volume instead of lying
+  on the boundary.
+* ``latency`` has no analytic maximum: 1.1 x the latency (ms) of the largest arch on the
+  latency objective's target, as the search scored it: predicted by the target's fitted model
+  (``search.latency: predicted``), or its archive row (measured; present unless
+  ``seed_extremes`` is off or a constraint rejected it). Failing both, 1.1 x the largest
+  latency in the archive, which depends on the run. Which rule applied is recorded beside the
+  value. Measured latency also varies a little between runs (timing noise), so comparisons
+  that must be exact pass one explicit reference to :func:`hypervolume` for every run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,30 +87,106 @@ def pareto_front(rows: Sequence[dict[str, Any]], objectives: Sequence[str]) -> l
     return sorted(front, key=lambda r: (r[first], -r[ACCURACY]))
 
 
-def hypervolume_2d(
-    rows: Sequence[dict[str, Any]], cost: str = "flops", reference: float | None = None
-) -> float:
-    """Area dominated by the (cost, accuracy) front up to `reference` cost and 0 % accuracy.
+#: The cost references are this factor times the cost of the space's largest arch.
+REFERENCE_FACTOR = 1.1
+#: The accuracy reference (val top-1, %) and the ideal it is measured up to.
+ACCURACY_REFERENCE = 0.0
+ACCURACY_IDEAL = 100.0
 
-    `reference` defaults to the largest cost among `rows`, so the measure compares fronts of
-    the same space at equal budget (DESIGN.md 4.5); pass the same reference for both.
+
+def space_reference(
+    space: Any,
+    objectives: Sequence[str],
+    rows: Sequence[dict[str, Any]] = (),
+    largest_latency: float | None = None,
+) -> tuple[dict[str, float | None], dict[str, str]]:
+    """The hypervolume reference point of `space` for `objectives`, and per axis its rule.
+
+    Returns ``({"val_top1": 0.0, <objective>: value, ...}, {axis: rule text})`` with values in
+    archive units (MACs, parameters, ms). `rows` (the archive) and `largest_latency` (the
+    largest arch's predicted latency, when the search predicts latency) only serve the
+    ``latency`` objective; its value is None when neither says anything (nothing evaluated).
+    See the module docstring for the rules.
     """
-    column = COST_COLUMN[cost]
-    points = sorted(
-        (float(r[column]), float(r[ACCURACY])) for r in rows if r.get(column) is not None
-    )
+    reference: dict[str, float | None] = {ACCURACY: ACCURACY_REFERENCE}
+    rules = {ACCURACY: f"fixed; ideal {ACCURACY_IDEAL:g} %"}
+    largest = space.largest()
+    cost = space.cost(largest)
+    for objective in objectives:
+        if objective in cost:
+            reference[objective] = REFERENCE_FACTOR * float(cost[objective])
+            rules[objective] = f"{REFERENCE_FACTOR:g} x the largest arch's {cost[objective]}"
+            continue
+        if objective != "latency":
+            raise ValueError(
+                f"objective {objective!r} has no reference rule; allowed: {sorted(COST_COLUMN)}"
+            )
+        column = COST_COLUMN[objective]
+        own = space.arch_id(largest)
+        measured = [
+            r[column] for r in rows if r.get("arch_id") == own and r.get(column) is not None
+        ]
+        seen = [float(r[column]) for r in rows if r.get(column) is not None]
+        if largest_latency is not None:
+            base, rule = float(largest_latency), "the largest arch's, predicted"
+        elif measured:
+            base, rule = float(measured[0]), "the largest arch's, as evaluated"
+        elif seen:
+            base, rule = max(seen), "the archive's largest (run-dependent: no largest arch)"
+        else:
+            reference[objective], rules[objective] = None, "nothing evaluated"
+            continue
+        reference[objective] = REFERENCE_FACTOR * base
+        rules[objective] = f"{REFERENCE_FACTOR:g} x {rule}: {base:.4g} ms"
+    return reference, rules
+
+
+def hypervolume(
+    rows: Sequence[dict[str, Any]],
+    objectives: Sequence[str],
+    reference: Mapping[str, float | None],
+) -> float:
+    """Normalised hypervolume in [0, 1] of `rows` for (val top-1 max, each objective min).
+
+    `reference` holds one value per objective in archive units (``space_reference``), and
+    optionally ``val_top1`` (default 0 %). Rows missing a value are skipped; rows at or beyond
+    the reference on any axis, and dominated rows, add nothing. Computed by moocore.
+    """
+    costs = list(objectives)
+    usable = [
+        r
+        for r in rows
+        if r.get(ACCURACY) is not None and all(r.get(COST_COLUMN[c]) is not None for c in costs)
+    ]
+    if not usable:
+        return 0.0
+    acc_ref = float(reference.get(ACCURACY) or ACCURACY_REFERENCE)
+    bad = {c: reference.get(c) for c in costs if not (reference.get(c) or 0) > 0}
+    if bad or not acc_ref < ACCURACY_IDEAL:
+        raise ValueError(
+            f"hypervolume reference {dict(reference)} for objectives {costs}: "
+            f"{bad or {ACCURACY: acc_ref}} is not usable; allowed: a positive reference for "
+            f"each objective and {ACCURACY} below {ACCURACY_IDEAL:g}"
+        )
+    import moocore
+    import numpy as np
+
+    points = []
+    for row in usable:
+        point = [(float(row[ACCURACY]) - acc_ref) / (ACCURACY_IDEAL - acc_ref)]
+        point += [float(row[COST_COLUMN[c]]) / float(reference[c]) for c in costs]
+        # only a point strictly inside the box dominates any volume
+        if point[0] > 0 and all(v < 1 for v in point[1:]):
+            points.append(point)
     if not points:
         return 0.0
-    ref = reference if reference is not None else max(c for c, _ in points)
-    volume, best = 0.0, 0.0
-    # sweep from the cheapest: each point adds (ref - cost) x its gain over the best so far
-    for c, acc in points:
-        if c > ref:
-            continue
-        if acc > best:
-            volume += (ref - c) * (acc - best)
-            best = acc
-    return volume
+    return float(
+        moocore.hypervolume(
+            np.asarray(points, dtype=float),
+            ref=[0.0] + [1.0] * len(costs),
+            maximise=[True] + [False] * len(costs),
+        )
+    )
 
 
 def write_front(front: list[dict[str, Any]], run_dir: str | Path) -> Path:

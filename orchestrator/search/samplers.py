@@ -62,6 +62,8 @@ def make_sampler(
         return optuna.samplers.TPESampler(seed=seed, multivariate=True)
     if search.strategy == "random":
         return optuna.samplers.RandomSampler(seed=seed)
+    if search.strategy == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
     from orchestrator.search.evolution import EvolutionSampler
 
     evo = search.evolution

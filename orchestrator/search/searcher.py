@@ -48,6 +48,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
@@ -106,8 +107,6 @@ def driver_status(driver: dict[str, Any] | None, me: dict[str, Any]) -> str:
 
 def is_claim(trial: Any) -> bool:
     """Whether `trial` evaluated its arch or is evaluating it."""
-    from optuna.trial import TrialState
-
     attrs = trial.user_attrs
     return (
         trial.state in (TrialState.RUNNING, TrialState.COMPLETE)
@@ -117,8 +116,6 @@ def is_claim(trial: Any) -> bool:
 
 
 def undecided(trial: Any) -> bool:
-    from optuna.trial import TrialState
-
     return trial.state == TrialState.RUNNING and "arch_id" not in trial.user_attrs
 
 
@@ -173,28 +170,31 @@ class ArchSearch(OptunaSearch):
         self.claim_wait = claim_wait
         self._undecided_since: dict[int, tuple[float, int]] = {}  # trial id -> (seen, outages)
         self._arch_ids: dict[int, str | None] = {}  # WAITING trial id -> arch id of its params
+        self._settled: dict[int, str | None] = {}  # finished trial id -> the arch it claims
 
     @property
     def study(self):
         return self._ot_study
+
+    def trial_number(self, trial_id: str) -> int:
+        """The Optuna trial number behind the Tune trial `trial_id`."""
+        return self._ot_trials[trial_id].number
 
     # ---- proposing -------------------------------------------------------------------------
     def budget_met(self) -> bool:
         """Whether the study's drivers together have claimed `budget` archs."""
         if self.budget is None:
             return False
-        return len(claimed_archs(self._ot_study.get_trials(deepcopy=False))) >= self.budget
+        return len(self._claimed()) >= self.budget
 
     def remaining(self, budget: int) -> int:
         """How many more candidates `budget` needs: with a study-wide `self.budget`, beyond
         those every driver has evaluated or is evaluating; else beyond this archive."""
         if self.budget is None:
             return budget - len(self.archive)
-        return self.budget - len(claimed_archs(self._ot_study.get_trials(deepcopy=False)))
+        return self.budget - len(self._claimed())
 
     def suggest(self, trial_id: str) -> dict | str | None:
-        from optuna.trial import TrialState
-
         if self.exhausted or (self.budget is not None and self.budget_met()):
             return Searcher.FINISHED
         for _ in range(self.max_rejections):
@@ -251,8 +251,6 @@ class ArchSearch(OptunaSearch):
     ) -> None:
         """Record why `ot_trial` is not evaluated, then `arch_id` (last: it is decided), and
         tell the study: the holder's values for a duplicate of an evaluated arch, else PRUNED."""
-        from optuna.trial import TrialState
-
         ot_trial.set_user_attr(key, value)
         ot_trial.set_user_attr("arch_id", aid)
         if values is None:
@@ -263,13 +261,16 @@ class ArchSearch(OptunaSearch):
     def _decide(self, number: int, aid: str) -> tuple[Any | None, bool]:
         """(the trial that holds `aid` before trial `number`, or None; whether `budget` archs
         are claimed below it), once every trial below it is decided."""
-        from optuna.trial import TrialState
-
         pause = 0.02
         while True:
             trials = self._ot_study.get_trials(deepcopy=False)
             pending = [
-                t for t in trials if t.number < number and undecided(t) and not self._ignored(t)
+                t
+                for t in trials
+                if t.state == TrialState.RUNNING
+                and t.number < number
+                and undecided(t)
+                and not self._ignored(t)
             ]
             if not pending:
                 break
@@ -278,16 +279,17 @@ class ArchSearch(OptunaSearch):
         holder = None
         below: set[str] = set()
         for t in trials:
-            if t.number == number:
+            n = t.number
+            if n == number:
                 continue
-            if is_claim(t):
-                other = t.user_attrs["arch_id"]
-                if t.number < number:
+            other = self._claim(t)
+            if other is not None:
+                if n < number:
                     below.add(other)
-                if other == aid and (t.state == TrialState.COMPLETE or t.number < number):
+                if other == aid and (t.state == TrialState.COMPLETE or n < number):
                     if holder is None or holder.state != TrialState.COMPLETE:
                         holder = t
-            elif t.state == TrialState.WAITING and t.number < number:
+            elif t.state == TrialState.WAITING and n < number:
                 # enqueued below: the next ask of any driver takes it, so count it as claimed
                 waiting = self._waiting_arch_id(t)
                 if waiting is not None:
@@ -296,6 +298,23 @@ class ArchSearch(OptunaSearch):
                     holder = t
         over = self.budget is not None and len(below) >= self.budget
         return holder, over
+
+    def _claim(self, trial: Any) -> str | None:
+        """The arch `trial` claims (:func:`is_claim`), or None; remembered once the trial is
+        finished, when neither its state nor its attrs can change any more (a search asks
+        about every trial of the study before each proposal)."""
+        key = trial._trial_id
+        if key in self._settled:
+            return self._settled[key]
+        claim = trial.user_attrs["arch_id"] if is_claim(trial) else None
+        if trial.state.is_finished():
+            self._settled[key] = claim
+        return claim
+
+    def _claimed(self) -> set[str]:
+        """:func:`claimed_archs` of the study."""
+        claims = (self._claim(t) for t in self._ot_study.get_trials(deepcopy=False))
+        return {c for c in claims if c is not None}
 
     def _ignored(self, trial: Any) -> bool:
         """Whether the undecided `trial` is no longer waited for: its driver is provably dead,
@@ -375,3 +394,44 @@ class ArchSearch(OptunaSearch):
 
     def restore(self, checkpoint_path: str) -> None:
         raise NotImplementedError("resume a raynas search with `raynas run --resume RUN_DIR`")
+
+
+def build_searcher(
+    search: Any,
+    space: Any,
+    seed: int,
+    *,
+    storage: Any,
+    study_name: str,
+    archive: Archive,
+    trials_so_far: int = 0,
+    shared: bool = False,
+    driver: dict[str, Any] | None = None,
+    on_evaluated: Callable[[dict[str, Any]], None] | None = None,
+) -> ArchSearch:
+    """The searcher of `search` (a ``SearchConfig``): its constraint, its strategy's sampler
+    (seeded for a study that holds `trials_so_far`) and the :class:`ArchSearch` over the
+    study `study_name` in `storage`. The one construction path of the search stage, whichever
+    runner evaluates (Ray Tune or :mod:`orchestrator.search.inprocess`), and of the benchmarks.
+
+    `shared`: the study may be shared by other drivers (``search.storage`` set): the budget
+    is counted over the whole study and the sampler's seed stream mixes in `driver`'s label.
+    """
+    from orchestrator.search.samplers import constraint_of, make_sampler
+
+    driver = driver or driver_identity(archive.path.parent)
+    constraint = constraint_of(search, space)
+    salt = driver_label(driver) if shared else ""
+    sampler = make_sampler(search, space, seed, trials_so_far, constraint, salt=salt)
+    return ArchSearch(
+        space,
+        objectives=search.objectives,
+        sampler=sampler,
+        storage=storage,
+        study_name=study_name,
+        archive=archive,
+        constraint=constraint,
+        on_evaluated=on_evaluated,
+        budget=search.budget if shared else None,
+        driver=driver,
+    )

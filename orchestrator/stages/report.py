@@ -121,6 +121,34 @@ def exported_lines(searched: dict[str, Any], exported: dict[str, Any]) -> list[s
     return lines + [""]
 
 
+#: How each reference axis is shown: label, unit, scale from archive units.
+REFERENCE_UNITS = {
+    "val_top1": ("val top-1", "%", 1.0),
+    "flops": ("FLOPs", "MMACs", 1e-6),
+    "params": ("params", "M", 1e-6),
+    "latency": ("latency", "ms", 1.0),
+}
+
+
+def hypervolume_line(searched: dict[str, Any]) -> str:
+    """The front's hypervolume with its objectives and reference point (each axis's rule)."""
+    reference = searched.get("hypervolume_reference")
+    if reference is None:  # a search result written before the hypervolume was normalised
+        return f"- hypervolume (older definition, not normalised): {searched['hypervolume']:.4g}"
+    rules = searched.get("hypervolume_rule", {})
+    axes = []
+    for key, value in reference.items():
+        label, unit, scale = REFERENCE_UNITS.get(key, (key, "", 1.0))
+        shown = "none" if value is None else f"{value * scale:.4g} {unit}".rstrip()
+        axes.append(f"{label} {shown}" + (f" ({rules[key]})" if key in rules else ""))
+    names = ", ".join(["val top-1 up"] + [f"{o} down" for o in searched["objectives"]])
+    return (
+        f"- hypervolume {searched['hypervolume']:.4f} over ({names}), normalised to [0, 1]: the "
+        f"share of the box from the ideal point (100 % top-1 at zero cost) to the reference "
+        f"point that the front dominates; reference point: {'; '.join(axes)}"
+    )
+
+
 def search_lines(searched: dict[str, Any]) -> list[str]:
     evaluator = searched.get("evaluator", "supernet")
     scored = "val top-1 with inherited weights" if evaluator == "supernet" else "the space's table"
@@ -137,8 +165,7 @@ def search_lines(searched: dict[str, Any]) -> list[str]:
         f"- {searched['evaluated']} candidates evaluated of a budget of {searched['budget']} "
         f"{shared}({searched['rejected']} proposals rejected by the constraints, "
         f"{searched['duplicates']} duplicates answered from the archive, {searched['failed']} failed trials)",
-        f"- hypervolume (val top-1 x MFLOPs below the largest candidate): "
-        f"{searched['hypervolume'] / 1e6:.1f}",
+        hypervolume_line(searched),
         f"- study `{searched['study']}` in `{searched['storage']}`; every candidate in `archive.parquet`",
         "",
     ]

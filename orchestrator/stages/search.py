@@ -6,6 +6,11 @@ study (`<run>/study.db` unless `search.storage` names one), `<run>/archive.parqu
 records the checkpoint digest that scored it), `<run>/pareto.parquet`, `<run>/pareto.png`,
 `<run>/search/result.json` and a nested MLflow run.
 
+Candidates are evaluated by Ray Tune trials, or, for table lookups (``search.runner``: auto
+with ``search.evaluator: table``, or inprocess), by a loop in this process
+(``orchestrator.search.inprocess``): both drive the one searcher :func:`build_searcher` makes,
+so they give the same study and archive.
+
 Rerunning continues: the study and the archive are reloaded, trials that were running when the
 previous driver died are closed, and only the rest of the budget is evaluated. A search whose
 checkpoint, val split or space changed starts afresh (the engine moves the old archive aside)
@@ -33,18 +38,20 @@ from orchestrator.config.schema import RunConfig as RaynasConfig
 from orchestrator.errors import UserInputError
 from orchestrator.runtime import check_placement, ensure_ray, place
 from orchestrator.search.archive import ARCHIVE_FILE, Archive
-from orchestrator.search.latency import LatencyPlan, start_latency
+from orchestrator.search.inprocess import CandidateError, run_inprocess
+from orchestrator.search.latency import LatencyPlan, predicted_ms, start_latency
 from orchestrator.search.pareto import (
     PLOT_FILE,
-    hypervolume_2d,
+    hypervolume,
     pareto_front,
     plot_front,
+    space_reference,
     write_front,
 )
-from orchestrator.search.samplers import constraint_of, make_sampler
 from orchestrator.search.searcher import (
     DRIVER_ATTR,
     ArchSearch,
+    build_searcher,
     driver_identity,
     driver_label,
     driver_status,
@@ -56,7 +63,7 @@ from orchestrator.secrets import redact, resolve
 from orchestrator.stage import StageContext, StageSpec
 from orchestrator.tracking import Tracker, flatten
 from search_spaces import build_space
-from trainables.evaluator import EvalSpec, evaluate_candidate
+from trainables.evaluator import EvalSpec, build_evaluator, candidate_metrics, evaluate_candidate
 from trainables.supernets import load_supernet
 from trainables.train import checkpoint as ckpt
 
@@ -271,7 +278,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
         load_supernet(space, checkpoint, adapter)  # corrupt/mismatched: fail now
         scored_by = trained.get("checkpoint_sha256")
     metrics = metric_names(search.objectives)
-    constraint = constraint_of(search, space)
     archive = Archive.load(run_dir / ARCHIVE_FILE, stamp={"scored_by": scored_by})
 
     storage = open_study(config)
@@ -286,8 +292,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     # an object-store run directory is named by its URI: its lease says an earlier driver of it
     # is gone, on whichever host it ran
     driver = driver_identity(config.run_path if config.remote else run_dir)
-    salt = driver_label(driver) if shared else ""
-    sampler = make_sampler(search, space, config.seed, trials_so_far, constraint, salt=salt)
+    runner = search.resolved_runner
 
     tracker: Tracker = ctx.tracker
     tracker.log_params(
@@ -296,6 +301,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             {
                 "search": config.model_dump(mode="json")["search"],
                 "evaluator": search.evaluator,
+                "runner": runner,
                 "checkpoint": trained["checkpoint"],
                 "checkpoint_sha256": trained.get("checkpoint_sha256"),
                 "study": name,
@@ -303,17 +309,17 @@ def run(ctx: StageContext) -> dict[str, Any]:
         ),
     )
     progress = Progress(search.budget, len(archive), tracker, ctx.run_id)
-    searcher = ArchSearch(
+    searcher = build_searcher(
+        search,
         space,
-        objectives=search.objectives,
-        sampler=sampler,
+        config.seed,
         storage=storage,
         study_name=name,
         archive=archive,
-        constraint=constraint,
-        on_evaluated=progress,
-        budget=search.budget if shared else None,  # shared: counted over the whole study
+        trials_so_far=trials_so_far,
+        shared=shared,  # shared: the budget is counted over the whole study
         driver=driver,
+        on_evaluated=progress,
     )
     study = searcher.study
     study.set_user_attr(FINGERPRINT_ATTR, ctx.fingerprint)
@@ -322,13 +328,21 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if closed:
         print(f"[search] closed {closed} trials left running by an interrupted run", flush=True)
     if trials_so_far == 0 and search.seed_extremes:
-        enqueue_extremes(study, space, constraint)
+        enqueue_extremes(study, space, searcher.constraint)
 
     remaining = searcher.remaining(search.budget)
     started = time.time()
     failed = 0
     latency = LatencyPlan()
-    if remaining > 0:
+    if remaining > 0 and runner == "inprocess":
+        print(
+            f"[search] {search.strategy}: {remaining} of {search.budget} candidates to look up "
+            f"in process (search.runner={search.runner}); study {name!r} in "
+            f"{redact(storage_url(config))}",
+            flush=True,
+        )
+        _inprocess(config, space_spec, searcher)
+    elif remaining > 0:
         print(
             f"[search] {search.strategy}: {remaining} of {search.budget} candidates to evaluate "
             f"with {search.resources.workers} workers; study {name!r} in "
@@ -364,6 +378,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         archive.write()
     outcome = _finish(config, archive, searcher, trained, ctx, time.time() - started, failed, name)
     outcome["latency"] = latency.targets
+    outcome["runner"] = runner
     if shared:
         outcome["study_evaluated"] = study_summary(study.get_trials(deepcopy=False))["evaluated"]
     if not ok:
@@ -377,7 +392,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         {
             k: outcome[k]
             for k in ("evaluated", "rejected", "duplicates", "failed", "hypervolume", "front_size")
-        },
+        }
+        | {f"hypervolume_reference.{k}": v for k, v in outcome["hypervolume_reference"].items()},
     )
     for name_ in (ARCHIVE_FILE, "pareto.parquet", PLOT_FILE):
         tracker.client.log_artifact(ctx.run_id, str(run_dir / name_))
@@ -388,18 +404,68 @@ SPEC = StageSpec(
     name=STAGE,
     run=run,
     reads=("seed", "data", "space", "search", "supernet.precision"),
-    ignores=("search.resources", "search.max_trial_failures", "search.eval_batch_size"),
+    # runner: Tune and the in-process loop give the same study and archive
+    ignores=(
+        "search.resources",
+        "search.max_trial_failures",
+        "search.eval_batch_size",
+        "search.runner",
+    ),
     extends=("search.budget",),
     # the supernet evaluator needs a supernet, the table evaluator none; `space`: FLORA's filter
     optional=("supernet", "space"),
     provides={"front": ("front", "checkpoint", "checkpoint_sha256", "adapter", "space")},
     writes=(ARCHIVE_FILE, "pareto.parquet", PLOT_FILE),
-    describe="score subnets with inherited weights in parallel (Ray Tune + Optuna)",
+    describe="score subnets (inherited weights or a table) with Optuna, on Ray Tune or in process",
 )
 
 
 class TrialsFailed(RuntimeError):
     """Evaluation trials crashed: a bug or a broken environment, reported with its traceback."""
+
+
+def eval_spec(
+    config: RaynasConfig,
+    space_spec: dict[str, Any],
+    checkpoint: str | Path | None,
+    adapter: dict[str, Any] | None,
+    latency: LatencyPlan,
+) -> EvalSpec:
+    """What every evaluation of this search needs (Tune trials and the in-process loop)."""
+    search = config.search
+    # without targets, the trial times the candidate where it runs (a laptop's only device)
+    measure = (search.measure_latency or "latency" in search.objectives) and not latency.probes
+    return EvalSpec(
+        checkpoint=None if checkpoint is None else str(checkpoint),
+        evaluator=search.evaluator,
+        data=config.data,
+        space=space_spec,
+        batch_size=search.eval_batch_size,
+        precision=config.supernet.precision,
+        latency_batch_size=search.latency_batch_size if measure else None,
+        latency_repeats=search.latency_repeats,
+        latency_predictors=latency.predictors,
+        latency_objective=latency.objective,
+        adapter=adapter,
+    )
+
+
+def _inprocess(config: RaynasConfig, space_spec: dict[str, Any], searcher: ArchSearch) -> None:
+    """Evaluate the rest of the budget in this process (``search.runner`` resolved to
+    inprocess: table lookups), through the same searcher and evaluation code as a Tune trial."""
+    spec = eval_spec(config, space_spec, None, None, LatencyPlan())
+    evaluator = build_evaluator(spec)
+    try:
+        run_inprocess(
+            searcher,
+            lambda encoded: candidate_metrics(evaluator, encoded, spec),
+            config.search.budget,
+        )
+    except CandidateError as exc:
+        if exc.__cause__ is None:
+            raise TrialsFailed(f"search: {exc}") from None
+        first = "".join(traceback.format_exception(exc.__cause__)).rstrip()
+        raise TrialsFailed(f"search: {exc}; its error:\n{first}") from None
 
 
 def _tune(
@@ -418,21 +484,7 @@ def _tune(
     from ray import tune
 
     search = config.search
-    # without targets, the trial times the candidate where it runs (a laptop's only device)
-    measure = (search.measure_latency or "latency" in search.objectives) and not latency.probes
-    spec = EvalSpec(
-        checkpoint=mirror.for_workers(checkpoint),
-        evaluator=search.evaluator,
-        data=config.data,
-        space=space_spec,
-        batch_size=search.eval_batch_size,
-        precision=config.supernet.precision,
-        latency_batch_size=search.latency_batch_size if measure else None,
-        latency_repeats=search.latency_repeats,
-        latency_predictors=latency.predictors,
-        latency_objective=latency.objective,
-        adapter=adapter,
-    )
+    spec = eval_spec(config, space_spec, mirror.for_workers(checkpoint), adapter, latency)
     trainable = tune.with_resources(
         tune.with_parameters(evaluate_candidate, spec=spec, probes=latency.probes),
         placement.trial_resources(),
@@ -593,5 +645,23 @@ def _finish(
         "space": ctx.space_spec,
         "front": [r["arch_id"] for r in front],
         "front_size": len(front),
-        "hypervolume": hypervolume_2d(rows),
+        **front_hypervolume(config, rows, ctx),
+    }
+
+
+def front_hypervolume(
+    config: RaynasConfig, rows: list[dict[str, Any]], ctx: StageContext
+) -> dict[str, Any]:
+    """The normalised hypervolume of `rows` over every configured objective, its reference
+    point (fixed per space; ``orchestrator.search.pareto``) and each axis's rule."""
+    objectives = config.search.objectives
+    space = build_space(**ctx.space_spec)
+    latency = None
+    if "latency" in objectives:
+        latency = predicted_ms(config, space, space.largest(), ctx.folder, ctx.fingerprint)
+    reference, rules = space_reference(space, objectives, rows, latency)
+    return {
+        "hypervolume": hypervolume(rows, objectives, reference),
+        "hypervolume_reference": reference,
+        "hypervolume_rule": rules,
     }

@@ -117,7 +117,9 @@ def test_out_of_range_value():
 
 def test_choice_lists_the_choices():
     [line] = problems(with_(search={"strategy": "nsgaii"}))
-    assert line == "search.strategy: got 'nsgaii'; allowed: 'nsga2', 'evolution', 'tpe' or 'random'"
+    assert line == (
+        "search.strategy: got 'nsgaii'; allowed: 'nsga2', 'evolution', 'tpe', 'random' or 'gp'"
+    )
 
 
 def test_list_items_are_addressed_by_index():

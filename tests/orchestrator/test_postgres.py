@@ -54,7 +54,10 @@ def table_search(run_dir: Path, name: str, storage: str, **search) -> dict:
         "data": {"name": "fashion_mnist", "download": False, "subset": {"val": 256}},
         "space": {"preset": "nb201-28", "overrides": dict(CELL)},
         "search": {
-            "evaluator": "table", "strategy": "nsga2", "budget": BUDGET, "storage": storage,
+            # runner tune: Ray Tune's pace (about 0.1 s a trial) leaves time to pause a
+            # driver mid-search; the in-process loop would finish the budget first
+            "evaluator": "table", "runner": "tune", "strategy": "nsga2", "budget": BUDGET,
+            "storage": storage,
             "evolution": {"population": 4, "parents": 2, "mutations": 1, "crossovers": 1},
             "resources": {"workers": 1, "cpus_per_worker": 1}, **search,
         },

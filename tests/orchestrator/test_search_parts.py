@@ -17,7 +17,7 @@ from ray.tune.search import Searcher
 from orchestrator.config.schema import SearchConfig
 from orchestrator.search.archive import Archive, ArchiveError, encoded_of, make_row
 from orchestrator.search.evolution import EvolutionSampler
-from orchestrator.search.pareto import dominates, hypervolume_2d, pareto_front
+from orchestrator.search.pareto import dominates, hypervolume, pareto_front
 from orchestrator.search.samplers import constraint_of, make_sampler, sampler_seed
 from orchestrator.search.searcher import DRIVER_ATTR, ArchSearch, driver_identity
 from orchestrator.stages.search import lost_node, reconcile, study_summary
@@ -109,8 +109,15 @@ def test_pareto_front_and_hypervolume_on_known_points():
     assert [r["arch_id"] for r in pareto_front(rows, ["flops"])] == ["a", "b", "d"]
     assert [r["arch_id"] for r in pareto_front(rows, ["flops", "params"])] == ["a", "b", "c", "d"]
     assert dominates((1, 1), (1, 2)) and not dominates((1, 1), (1, 1))
-    # reference 40: a adds 30*80, b adds 20*5, d adds 0
-    assert hypervolume_2d(rows) == pytest.approx(30 * 80 + 20 * 5)
+    # normalised by the reference (0 %, 50 FLOPs): a dominates (1 - 10/50) x 0.80 = 0.64,
+    # b adds (1 - 20/50) x 0.05 = 0.03, d adds (1 - 40/50) x 0.05 = 0.01; c is dominated
+    assert hypervolume(rows, ["flops"], {"flops": 50}) == pytest.approx(0.64 + 0.03 + 0.01)
+    # over both costs c counts: it has the fewest params (more cases: test_hypervolume.py)
+    ref = {"flops": 50, "params": 25}
+    without_c = [r for r in rows if r["arch_id"] != "c"]
+    assert hypervolume(rows, ["flops", "params"], ref) > hypervolume(
+        without_c, ["flops", "params"], ref
+    )
 
 
 # ---------------------------------------------------------------------------------- searcher
