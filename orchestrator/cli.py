@@ -485,6 +485,64 @@ def analyze_collapse(
     out.print(f"wrote {result['path']} (cka.json, cka.png)", highlight=False)
 
 
+@analyze_app.command("ranking")
+def analyze_ranking(
+    run_dir: RunDirArg,
+    subnets: Annotated[
+        int,
+        typer.Option(help="Subnets trained from scratch (half Pareto front, half space)."),
+    ] = 8,
+    epochs: Annotated[int, typer.Option(help="Epochs each subnet is trained from scratch.")] = 5,
+    seed: Annotated[
+        int | None,
+        typer.Option(help="Seed of the subnet draws and the bootstrap (default: the run's)."),
+    ] = None,
+    set_: SetOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Ranking fidelity: Kendall tau (and Spearman rho) between the supernet's inherited val
+    top-1 and the val top-1 of the same subnets trained from scratch, with 95% bootstrap
+    intervals.
+
+    Each subnet is one Ray Tune trial (resources: `analysis.ranking.resources`, e.g.
+    `-s analysis.ranking.resources.workers=4`). Rerunning continues: finished subnets are kept,
+    unfinished ones resume from their last epoch. Writes `RUN_DIR/analysis/ranking/ranking.json`
+    and `ranking.png` and logs them to a nested MLflow run `analyze-ranking`.
+    """
+    from orchestrator.analysis.ranking import analyze_ranking as analyze
+
+    result = analyze(
+        run_dir, subnets=subnets, epochs=epochs, seed=seed, overrides=set_, verbose=verbose
+    )
+    stats = result["statistics"]
+
+    def shown(name: str) -> str:
+        value, (low, high) = stats[name], stats[f"{name}_interval"]
+        if value is None:
+            return "undefined (every subnet scored the same on one side)"
+        if low is None:
+            return f"{value:.3f}"
+        return f"{value:.3f}  (95% bootstrap interval {low:.3f} .. {high:.3f})"
+
+    table = Table("arch id", "from", "MFLOPs", "inherited %", "stand-alone %", box=None)
+    for row in result["rows"]:
+        table.add_row(
+            row["arch_id"], row["source"], f"{row['flops'] / 1e6:.2f}",
+            f"{row['inherited_val_top1']:.2f}", f"{row['standalone_val_top1']:.2f}",
+        )  # fmt: skip
+    out.print(table)
+    out.print(
+        f"{len(result['rows'])} subnets of {result['run_name']}, trained from scratch for "
+        f"{result['epochs']} epoch(s) ({len(result['trained'])} now); val top-1, inherited vs "
+        "stand-alone:",
+        highlight=False,
+    )
+    out.print(f"Kendall tau:  {shown('kendall_tau')}", highlight=False)
+    out.print(f"Spearman rho: {shown('spearman_rho')}", highlight=False)
+    out.print(f"plot: {Path(result['path']) / 'ranking.png'}", highlight=False)
+    out.print(f"wrote {result['path']} (ranking.json, ranking.png)", highlight=False)
+
+
 def main() -> None:
     from orchestrator.errors import Terminated
     from orchestrator.secrets import redact

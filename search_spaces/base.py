@@ -343,6 +343,16 @@ class SearchSpace(abc.ABC):
         """pip requirements of an exported model (logged with it to MLflow)."""
         return ["torch"]
 
+    def standalone_recipe(self) -> dict[str, Any]:
+        """Training-recipe defaults for ONE arch's standalone network (``export_spec``, freshly
+        initialised) trained from scratch: what the ranking-fidelity analysis (``raynas analyze
+        ranking``) trains each sampled subnet with. A plain dict whose keys are the engine's
+        training-recipe fields (``trainables.train.config.SupernetTrainConfig``: ``optimizer``,
+        ``lr``, ``weight_decay``, ``label_smoothing``, ``batch_size``, ...); the engine fills
+        the rest with its defaults, applies the run's ``analysis.ranking.recipe`` on top and
+        sets the epochs. Default: ``{}``, the engine's defaults (AutoFormer's AdamW recipe)."""
+        return {}
+
     def wrap_supernet(self, base: Supernet, adapter: Mapping[str, Any]) -> Supernet:
         """``base`` wrapped with the adapter that the plain-data spec ``adapter`` describes
         (TAS-LoRA's experts and router for the ViT family). The spec is what run results and

@@ -76,31 +76,38 @@ def load_final_supernet(config: RaynasConfig, supernet: str | Path | None = None
     directory, of the same kind). The rest of the analysis needs only
     ``model.forward_features(x, arch)``.
     """
-    # Lazy: these import Ray Train / Tune, which the checks before this point do not need.
-    from orchestrator.stages.search import external_checkpoint
     from trainables.supernets import load_supernet
 
     space = build_space(**config.space_spec)
-    if supernet is not None:
-        trained = external_checkpoint(supernet)
-    else:
-        from orchestrator.stage import read_result
-        from orchestrator.stages import registered
-        from trainables.train.checkpoint import CheckpointError
-
-        stages = registered()
-        makers = [n for n in config.stage_names if n in stages and "supernet" in stages[n].provides]
-        trained = read_result(config.run_path, makers[-1]) if makers else None
-        if trained is None:
-            raise CheckpointError(
-                f"no trained supernet in {config.run_path} (from its "
-                f"{makers[-1] if makers else 'training'} stage); train it first (`raynas run "
-                "CONFIG`) or pass --supernet PATH"
-            )
-        trained = {**trained, "checkpoint": str(Path(config.run_path) / trained["checkpoint"])}
+    trained = trained_supernet(config, supernet)
     folder = Path(trained["checkpoint"])
     model = load_supernet(space, folder, trained.get("adapter"))
     return FinalSupernet(space, model.eval(), folder)
+
+
+def trained_supernet(config: RaynasConfig, supernet: str | Path | None = None) -> dict[str, Any]:
+    """The result of the run's last stage that trained its final supernet (the `supernet`
+    output: ``checkpoint`` made absolute, ``checkpoint_sha256``, ``adapter``, ``space``), or
+    the ``--supernet`` override; a `CheckpointError` line when there is none."""
+    # Lazy: these import Ray Train / Tune, which the checks before this point do not need.
+    from orchestrator.stages.search import external_checkpoint
+
+    if supernet is not None:
+        return external_checkpoint(supernet)
+    from orchestrator.stage import read_result
+    from orchestrator.stages import registered
+    from trainables.train.checkpoint import CheckpointError
+
+    stages = registered()
+    makers = [n for n in config.stage_names if n in stages and "supernet" in stages[n].provides]
+    trained = read_result(config.run_path, makers[-1]) if makers else None
+    if trained is None:
+        raise CheckpointError(
+            f"no trained supernet in {config.run_path} (from its "
+            f"{makers[-1] if makers else 'training'} stage); train it first (`raynas run "
+            "CONFIG`) or pass --supernet PATH"
+        )
+    return {**trained, "checkpoint": str(Path(config.run_path) / trained["checkpoint"])}
 
 
 def choose_archs(space: SearchSpace, count: int, seed: int) -> list[Any]:

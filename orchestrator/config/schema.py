@@ -439,6 +439,56 @@ class ExportConfig(Strict):
     log_models: bool = Field(True, description="log exported models with mlflow.pytorch.log_model")
 
 
+#: Recipe keys `analysis.ranking.recipe` may not set: the epochs come from `--epochs`, and a
+#: stand-alone network trains one arch, without a teacher or an operation selector.
+RANKING_FIXED_RECIPE = ("epochs", "sampling", "eval_subnets", "selector", "distill", "record_archs")
+
+
+class RankingConfig(Strict):
+    """`raynas analyze ranking`: subnets trained from scratch as Ray Tune trials, one trial per
+    subnet. The recipe is the space family's stand-alone recipe
+    (``SearchSpace.standalone_recipe``) with ``recipe`` on top."""
+
+    recipe: dict[str, Any] = Field(
+        default_factory=dict,
+        description="overrides of the family's stand-alone training recipe (keys of the "
+        "supernet recipe: batch_size, lr, optimizer, weight_decay, label_smoothing, precision, "
+        "...); the epochs come from --epochs",
+    )
+    resources: Resources = Field(
+        default_factory=lambda: Resources(workers=2),
+        description="per trial (one subnet's training); workers: trials at once",
+    )
+    max_trial_failures: int = Field(
+        1, ge=0, description="retries of a crashed trial, from its last epoch checkpoint"
+    )
+
+    @field_validator("recipe")
+    @classmethod
+    def _recipe(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from pydantic import ValidationError
+
+        fixed = sorted(set(value) & set(RANKING_FIXED_RECIPE))
+        if fixed:
+            raise ValueError(
+                f"{', '.join(fixed)} cannot be set here (--epochs gives the epochs; a stand-alone "
+                "network trains one arch without a teacher or selector)"
+            )
+        try:
+            SupernetTrainConfig(**value)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ValueError(f"{where}={first.get('input')!r}: {first['msg']}") from None
+        return value
+
+
+class AnalysisConfig(Strict):
+    """Analyses of a finished run (`raynas analyze ...`); no pipeline stage reads them."""
+
+    ranking: RankingConfig = Field(default_factory=RankingConfig)
+
+
 class TrackingConfig(Strict):
     uri: str | None = Field(
         None, description="MLflow tracking URI; null: sqlite in the run directory"
@@ -474,6 +524,12 @@ class RayConfig(Strict):
         description="niceness of Ray workers when raynas starts a local Ray (Ray's own default is 15, which "
         "lets its daemons preempt training on a busy machine); existing clusters keep their setting",
     )
+    dashboard: bool = Field(
+        True,
+        description="start Ray's dashboard (port 8265) when raynas starts a local Ray; false saves "
+        "its ~10 processes and a few seconds of start-up on a small machine; existing clusters "
+        "keep theirs",
+    )
 
 
 class RunConfig(Strict):
@@ -494,6 +550,7 @@ class RunConfig(Strict):
     select: SelectConfig = Field(default_factory=SelectConfig)
     retrain: RetrainConfig = Field(default_factory=RetrainConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     cluster: ClusterSpec | None = Field(
@@ -566,12 +623,6 @@ class RunConfig(Strict):
     def family(self) -> str:
         return self.space.family or METHOD_FAMILY[self.method]
 
-    dashboard: bool = Field(
-        True,
-        description="start Ray's dashboard (port 8265) when raynas starts a local Ray; false saves "
-        "its ~10 processes and a few seconds of start-up on a small machine; existing clusters "
-        "keep theirs",
-    )
     @property
     def space_spec(self) -> dict[str, Any]:
         """``search_spaces.build_space(family, preset, overrides)``'s arguments, as plain data."""

@@ -46,6 +46,18 @@ from search_spaces.cell.ops import DARTS_GENOTYPE_OPS, DARTS_OPS, NB201_OPS
 from search_spaces.cell.supernet import CellSupernet
 
 _BUILDER = "search_spaces.cell.network:build_cell_network"
+#: NAS-Bench-201's training recipe of a fixed cell network (``standalone_recipe``)
+STANDALONE_RECIPE: dict[str, Any] = {
+    "optimizer": "sgd",
+    "lr": 0.1,
+    "min_lr": 0.0,
+    "momentum": 0.9,
+    "nesterov": True,
+    "weight_decay": 5e-4,
+    "warmup_epochs": 0.0,
+    "label_smoothing": 0.0,
+    "batch_size": 256,
+}
 
 
 class _CellSpace(SearchSpace):
@@ -115,6 +127,12 @@ class _CellSpace(SearchSpace):
     def export_spec(self, arch: Any) -> dict[str, Any]:
         self.validate(arch)
         return {"builder": _BUILDER, "kwargs": cell_network_kwargs(self.config, arch)}
+
+    def standalone_recipe(self) -> dict[str, Any]:
+        """NAS-Bench-201's recipe, as the `retrain` stage's defaults: SGD with Nesterov
+        momentum 0.9, lr 0.1 cosine to 0, weight decay 5e-4, batch 256, no warm-up, no label
+        smoothing."""
+        return dict(STANDALONE_RECIPE)
 
     def parse(self, text: str) -> Any:
         """An arch from its text form (:meth:`describe`) or its canonical JSON."""

@@ -22,6 +22,7 @@ from search_spaces.lowrank.supernet import (
     dense_timm_kwargs,
     lowrank_timm_kwargs,
 )
+from search_spaces.vit.config import STANDALONE_RECIPE
 
 _BUILDER = "search_spaces.lowrank.timm_model:build_lowrank_vit"
 _DENSE_BUILDERS = (_BUILDER, "search_spaces.vit.timm_model:build_timm_vit")
@@ -228,6 +229,12 @@ class LowRankSpace(SearchSpace):
 
     def export_requirements(self) -> list[str]:
         return ["torch", "timm"]
+
+    def standalone_recipe(self) -> dict[str, Any]:
+        """The ViT family's AdamW recipe (AutoFormer's; ``search_spaces.vit.config``): FLORA
+        fine-tunes from a dense model, but a low-rank ViT trained from scratch trains like a
+        ViT. No distillation: a stand-alone network has no teacher."""
+        return dict(STANDALONE_RECIPE)
 
     # ---- the dense model and filtering --------------------------------------------------------
     def dense_overrides(self, model: Mapping[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,21 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+#: AutoFormer's (DeiT's) training recipe for one fixed ViT trained from scratch: AdamW, peak lr
+#: 5e-4 x batch / 512 (``lr: None``), cosine decay to 1e-5 after a linear warm-up, weight decay
+#: 0.05, label smoothing 0.1, gradient clipping at 5; the supernet recipe, for a fixed arch
+#: (``SearchSpace.standalone_recipe`` of the ViT and low-rank families).
+STANDALONE_RECIPE: dict[str, Any] = {
+    "optimizer": "adamw",
+    "lr": None,
+    "min_lr": 1e-5,
+    "warmup_epochs": 1.0,
+    "weight_decay": 0.05,
+    "label_smoothing": 0.1,
+    "clip_grad": 5.0,
+    "batch_size": 128,
+}
+
 
 def mlp_hidden_dim(embed_dim: int, mlp_ratio: float) -> int:
     """Hidden width of a block's MLP. Exactly timm's ``Block`` rule, ``int(dim * mlp_ratio)``,

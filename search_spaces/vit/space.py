@@ -8,7 +8,7 @@ from typing import Any
 
 from search_spaces.base import Encoded, SearchSpace, Supernet
 from search_spaces.vit.arch import ViTArch, validate_vit_arch
-from search_spaces.vit.config import ViTSpaceConfig, mlp_hidden_dim
+from search_spaces.vit.config import STANDALONE_RECIPE, ViTSpaceConfig, mlp_hidden_dim
 from search_spaces.vit.cost import vit_macs, vit_params
 from search_spaces.vit.evolution import crossover_archs, mutate_arch, sample_arch
 from search_spaces.vit.mole import MoleSpec, MoleViTSupernet
@@ -154,6 +154,10 @@ class ViTSpace(SearchSpace):
 
     def export_requirements(self) -> list[str]:
         return ["torch", "timm"]
+
+    def standalone_recipe(self) -> dict[str, Any]:
+        """AutoFormer's AdamW recipe (``config.STANDALONE_RECIPE``)."""
+        return dict(STANDALONE_RECIPE)
 
     def wrap_supernet(self, base: Supernet, adapter: Mapping[str, Any]) -> MoleViTSupernet:
         """TAS-LoRA: ``base`` with LoRA experts and an architecture router; ``adapter`` is the
