@@ -91,8 +91,9 @@ def test_ray_job_submit_runs_the_pipeline_on_a_token_auth_cluster(tmp_path, clus
     assert status == "SUCCEEDED", f"job {status}: {info.get('message')}\n{logs[-6000:]}"
     print(f"job finished in {time.monotonic() - started:.0f} s after the cluster started")
 
-    # the working dir upload honours .gitignore (Ray leaves out .git itself): no .venv, runs,
-    # mlruns, caches; what the nodes unpacked is the code and configs, well under 2 MiB; and
+    # the working dir upload honours .gitignore and .rayignore (Ray leaves out .git itself): no
+    # .venv, runs, mlruns, caches, tests, docs or benchmark results; what the nodes unpacked is
+    # the code and configs, well under 2 MiB; and
     # the job wrote nothing there (MLflow's default ./mlruns artifact store included)
     [package] = [
         p
@@ -104,8 +105,18 @@ def test_ray_job_submit_runs_the_pipeline_on_a_token_auth_cluster(tmp_path, clus
     files = [p for p in package.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
     top = {p.relative_to(package).parts[0] for p in files}
     assert {"orchestrator", "trainables", "search_spaces", "configs"} <= top, top
-    excluded = {".git", ".venv", "runs", "mlruns", "raynas.egg-info", ".pytest_cache"}
+    excluded = {
+        ".git",
+        ".venv",
+        "runs",
+        "mlruns",
+        "raynas.egg-info",
+        ".pytest_cache",
+        "tests",
+        "docs",
+    }
     assert not top & excluded, top & excluded
+    assert not (package / "benchmarks" / "results").exists()
     size = sum(p.stat().st_size for p in files)
     assert size < 2 * 2**20, f"{size / 2**20:.1f} MiB uploaded: {sorted(top)}"
     print(f"working dir upload: {len(files)} files, {size / 2**20:.2f} MiB")
